@@ -1,0 +1,502 @@
+// Package sqlite is the embedded store: store.Store on SQLite, in pure Go
+// (modernc.org/sqlite, no cgo).
+//
+// The database runs in WAL mode. Writes go through one connection, so they
+// never contend for SQLite's write lock, and each write transaction starts
+// IMMEDIATE; reads use a separate pool and proceed concurrently with writes.
+// Schema changes are versioned migrations embedded in the binary.
+package sqlite
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/trustgate/trustgate/store"
+	sqlitedrv "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Options tune the database.
+type Options struct {
+	// Synchronous is SQLite's synchronous setting: "NORMAL" (the default;
+	// in WAL mode a process crash loses nothing committed) or "FULL" (also
+	// survives power loss, at an fsync per commit).
+	Synchronous string
+	// BusyTimeout bounds how long a statement waits for a lock held by
+	// another process. Default 10 s.
+	BusyTimeout time.Duration
+	// MaxReaders bounds the read pool. Default 8.
+	MaxReaders int
+}
+
+// DB is a store.Store on one SQLite database file.
+type DB struct {
+	w, r *sql.DB
+}
+
+var _ store.Store = (*DB)(nil)
+
+// Open opens (creating if needed) the database at path and migrates it to
+// the newest schema.
+func Open(ctx context.Context, path string, opts Options) (*DB, error) {
+	return open(ctx, path, opts, -1)
+}
+
+func open(ctx context.Context, path string, opts Options, target int) (*DB, error) {
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path")
+	}
+	sync := strings.ToUpper(opts.Synchronous)
+	if sync == "" {
+		sync = "NORMAL"
+	}
+	if sync != "NORMAL" && sync != "FULL" {
+		return nil, fmt.Errorf("sqlite: synchronous %q: want NORMAL or FULL", opts.Synchronous)
+	}
+	busy := opts.BusyTimeout
+	if busy <= 0 {
+		busy = 10 * time.Second
+	}
+	readers := opts.MaxReaders
+	if readers <= 0 {
+		readers = 8
+	}
+	q := url.Values{}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busy.Milliseconds()))
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous("+sync+")")
+	q.Set("_txlock", "immediate")
+	dsn := "file:" + path + "?" + q.Encode()
+
+	w, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetConnMaxLifetime(0)
+	if err := migrate(ctx, w, target); err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("sqlite: %s: %w", path, err)
+	}
+	q.Add("_pragma", "query_only(1)")
+	r, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("sqlite: open readers %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(readers)
+	return &DB{w: w, r: r}, nil
+}
+
+// Close closes both connection pools.
+func (db *DB) Close() error {
+	return errors.Join(db.r.Close(), db.w.Close())
+}
+
+// Sessions implements store.Store.
+func (db *DB) Sessions() store.Sessions { return sessions{db} }
+
+// JoinTokens implements store.Store.
+func (db *DB) JoinTokens() store.JoinTokens { return joinTokens{db} }
+
+// Entries implements store.Store.
+func (db *DB) Entries() store.Entries { return entries{db} }
+
+// Resources implements store.Store.
+func (db *DB) Resources() store.Resources { return resources{db} }
+
+// Keys implements store.Store.
+func (db *DB) Keys() store.Keys { return keys{db} }
+
+// Policies implements store.Store.
+func (db *DB) Policies() store.Policies { return policies{db} }
+
+// tx runs fn in a write transaction and commits it if fn succeeds.
+func (db *DB) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := db.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: commit: %w", err)
+	}
+	return nil
+}
+
+func ns(t time.Time) int64 { return t.UnixNano() }
+
+func fromNS(v int64) time.Time { return time.Unix(0, v).UTC() }
+
+// isUnique reports whether err is a primary-key or unique violation.
+func isUnique(err error) bool {
+	var se *sqlitedrv.Error
+	if errors.As(err, &se) {
+		c := se.Code()
+		return c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || c == sqlite3.SQLITE_CONSTRAINT_UNIQUE
+	}
+	return false
+}
+
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("sqlite: %s: %w", op, store.ErrNotFound)
+	}
+	if isUnique(err) {
+		return fmt.Errorf("sqlite: %s: %w", op, store.ErrConflict)
+	}
+	return fmt.Errorf("sqlite: %s: %w", op, err)
+}
+
+type sessions struct{ db *DB }
+
+func (s sessions) Create(ctx context.Context, v store.Session) error {
+	_, err := s.db.w.ExecContext(ctx,
+		`INSERT INTO sessions (id, tee, nonce, extra_params, created_at, expires_at, nonce_used, claims) VALUES (?,?,?,?,?,?,?,?)`,
+		v.ID, v.TEE, v.Nonce, v.ExtraParams, ns(v.CreatedAt), ns(v.ExpiresAt), v.NonceUsed, v.Claims)
+	return wrap("create session", err)
+}
+
+const sessionCols = `id, tee, nonce, extra_params, created_at, expires_at, nonce_used, claims`
+
+func scanSession(row interface{ Scan(...any) error }) (store.Session, error) {
+	var v store.Session
+	var created, expires int64
+	err := row.Scan(&v.ID, &v.TEE, &v.Nonce, &v.ExtraParams, &created, &expires, &v.NonceUsed, &v.Claims)
+	v.CreatedAt, v.ExpiresAt = fromNS(created), fromNS(expires)
+	return v, err
+}
+
+func (s sessions) Get(ctx context.Context, id string) (store.Session, error) {
+	v, err := scanSession(s.db.r.QueryRowContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ?`, id))
+	return v, wrap("get session", err)
+}
+
+func (s sessions) ConsumeNonce(ctx context.Context, id, nonce string, now time.Time) (store.Session, error) {
+	var out store.Session
+	err := s.db.tx(ctx, func(tx *sql.Tx) error {
+		v, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ?`, id))
+		if err != nil {
+			return wrap("consume nonce", err)
+		}
+		// The nonce is public (it was sent to the caller), so comparing it
+		// in variable time reveals nothing.
+		switch {
+		case v.Nonce != nonce:
+			return fmt.Errorf("sqlite: consume nonce: nonce does not match session: %w", store.ErrNotFound)
+		case v.NonceUsed:
+			return fmt.Errorf("sqlite: consume nonce: %w", store.ErrConsumed)
+		case !now.Before(v.ExpiresAt):
+			return fmt.Errorf("sqlite: consume nonce: %w", store.ErrExpired)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET nonce_used = 1 WHERE id = ?`, id); err != nil {
+			return wrap("consume nonce", err)
+		}
+		v.NonceUsed = true
+		out = v
+		return nil
+	})
+	return out, err
+}
+
+func (s sessions) SetClaims(ctx context.Context, id string, claims []byte) error {
+	res, err := s.db.w.ExecContext(ctx, `UPDATE sessions SET claims = ? WHERE id = ? AND nonce_used = 1`, claims, id)
+	if err != nil {
+		return wrap("set claims", err)
+	}
+	return affectedOne("set claims", res)
+}
+
+func (s sessions) DeleteExpired(ctx context.Context, now time.Time) (int, error) {
+	res, err := s.db.w.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at <= ?`, ns(now))
+	if err != nil {
+		return 0, wrap("delete expired sessions", err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), wrap("delete expired sessions", err)
+}
+
+func affectedOne(op string, res sql.Result) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return wrap(op, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("sqlite: %s: %w", op, store.ErrNotFound)
+	}
+	return nil
+}
+
+type joinTokens struct{ db *DB }
+
+func (j joinTokens) Create(ctx context.Context, t store.JoinToken) error {
+	_, err := j.db.w.ExecContext(ctx, `INSERT INTO join_tokens (id, spiffe_id, expires_at, created_at) VALUES (?,?,?,?)`,
+		t.ID, t.SPIFFEID, ns(t.ExpiresAt), ns(t.CreatedAt))
+	return wrap("create join token", err)
+}
+
+func (j joinTokens) Consume(ctx context.Context, id string) (store.JoinToken, error) {
+	var t store.JoinToken
+	var expires, created int64
+	err := j.db.w.QueryRowContext(ctx,
+		`DELETE FROM join_tokens WHERE id = ? RETURNING id, spiffe_id, expires_at, created_at`, id).
+		Scan(&t.ID, &t.SPIFFEID, &expires, &created)
+	t.ExpiresAt, t.CreatedAt = fromNS(expires), fromNS(created)
+	return t, wrap("consume join token", err)
+}
+
+func (j joinTokens) List(ctx context.Context) ([]store.JoinToken, error) {
+	rows, err := j.db.r.QueryContext(ctx, `SELECT id, spiffe_id, expires_at, created_at FROM join_tokens ORDER BY created_at, id`)
+	if err != nil {
+		return nil, wrap("list join tokens", err)
+	}
+	defer rows.Close()
+	var out []store.JoinToken
+	for rows.Next() {
+		var t store.JoinToken
+		var expires, created int64
+		if err := rows.Scan(&t.ID, &t.SPIFFEID, &expires, &created); err != nil {
+			return nil, wrap("list join tokens", err)
+		}
+		t.ExpiresAt, t.CreatedAt = fromNS(expires), fromNS(created)
+		out = append(out, t)
+	}
+	return out, wrap("list join tokens", rows.Err())
+}
+
+type entries struct{ db *DB }
+
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (e entries) Create(ctx context.Context, v store.Entry) (store.Entry, error) {
+	if v.ID == "" {
+		v.ID = newID()
+	}
+	if v.CreatedAt.IsZero() {
+		v.CreatedAt = time.Now().UTC()
+	}
+	dns, err := json.Marshal(v.DNSNames)
+	if err != nil {
+		return store.Entry{}, fmt.Errorf("sqlite: create entry: %w", err)
+	}
+	err = e.db.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO entries (id, spiffe_id, parent_id, x509_ttl_ns, jwt_ttl_ns, dns_names, created_at) VALUES (?,?,?,?,?,?,?)`,
+			v.ID, v.SPIFFEID, v.ParentID, int64(v.X509SVIDTTL), int64(v.JWTSVIDTTL), string(dns), ns(v.CreatedAt)); err != nil {
+			return wrap("create entry", err)
+		}
+		for i, s := range v.Selectors {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO entry_selectors (entry_id, position, type, value) VALUES (?,?,?,?)`,
+				v.ID, i, s.Type, s.Value); err != nil {
+				return wrap("create entry selector", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return store.Entry{}, err
+	}
+	return v, nil
+}
+
+func (e entries) Get(ctx context.Context, id string) (store.Entry, error) {
+	list, err := e.query(ctx, `WHERE id = ?`, id)
+	if err != nil {
+		return store.Entry{}, err
+	}
+	if len(list) == 0 {
+		return store.Entry{}, fmt.Errorf("sqlite: get entry %s: %w", id, store.ErrNotFound)
+	}
+	return list[0], nil
+}
+
+func (e entries) List(ctx context.Context, f store.EntryFilter) ([]store.Entry, error) {
+	return e.query(ctx, `WHERE (? = '' OR parent_id = ?) AND (? = '' OR spiffe_id = ?)`, f.ParentID, f.ParentID, f.SPIFFEID, f.SPIFFEID)
+}
+
+func (e entries) query(ctx context.Context, where string, args ...any) ([]store.Entry, error) {
+	// One read transaction so that entries and selectors are one snapshot.
+	tx, err := e.db.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, wrap("list entries", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	rows, err := tx.QueryContext(ctx, `SELECT id, spiffe_id, parent_id, x509_ttl_ns, jwt_ttl_ns, dns_names, created_at FROM entries `+where+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, wrap("list entries", err)
+	}
+	var out []store.Entry
+	idx := map[string]int{}
+	for rows.Next() {
+		var v store.Entry
+		var x509, jwt, created int64
+		var dns string
+		if err := rows.Scan(&v.ID, &v.SPIFFEID, &v.ParentID, &x509, &jwt, &dns, &created); err != nil {
+			rows.Close()
+			return nil, wrap("list entries", err)
+		}
+		v.X509SVIDTTL, v.JWTSVIDTTL, v.CreatedAt = time.Duration(x509), time.Duration(jwt), fromNS(created)
+		if err := json.Unmarshal([]byte(dns), &v.DNSNames); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("sqlite: entry %s: dns names: %w", v.ID, err)
+		}
+		idx[v.ID] = len(out)
+		out = append(out, v)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, wrap("list entries", err)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	srows, err := tx.QueryContext(ctx, `SELECT entry_id, type, value FROM entry_selectors WHERE entry_id IN (SELECT id FROM entries `+where+`) ORDER BY entry_id, position`, args...)
+	if err != nil {
+		return nil, wrap("list selectors", err)
+	}
+	defer srows.Close()
+	for srows.Next() {
+		var id string
+		var s store.Selector
+		if err := srows.Scan(&id, &s.Type, &s.Value); err != nil {
+			return nil, wrap("list selectors", err)
+		}
+		if i, ok := idx[id]; ok {
+			out[i].Selectors = append(out[i].Selectors, s)
+		}
+	}
+	return out, wrap("list selectors", srows.Err())
+}
+
+func (e entries) Delete(ctx context.Context, id string) error {
+	res, err := e.db.w.ExecContext(ctx, `DELETE FROM entries WHERE id = ?`, id)
+	if err != nil {
+		return wrap("delete entry", err)
+	}
+	return affectedOne("delete entry", res)
+}
+
+type resources struct{ db *DB }
+
+func (r resources) Put(ctx context.Context, v store.Resource) error {
+	if v.UpdatedAt.IsZero() {
+		v.UpdatedAt = time.Now().UTC()
+	}
+	_, err := r.db.w.ExecContext(ctx,
+		`INSERT INTO resources (path, sealed, updated_at) VALUES (?,?,?) ON CONFLICT (path) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at`,
+		v.Path, v.Sealed, ns(v.UpdatedAt))
+	return wrap("put resource", err)
+}
+
+func (r resources) Get(ctx context.Context, path string) (store.Resource, error) {
+	var v store.Resource
+	var updated int64
+	err := r.db.r.QueryRowContext(ctx, `SELECT path, sealed, updated_at FROM resources WHERE path = ?`, path).Scan(&v.Path, &v.Sealed, &updated)
+	v.UpdatedAt = fromNS(updated)
+	return v, wrap("get resource", err)
+}
+
+func (r resources) Delete(ctx context.Context, path string) error {
+	res, err := r.db.w.ExecContext(ctx, `DELETE FROM resources WHERE path = ?`, path)
+	if err != nil {
+		return wrap("delete resource", err)
+	}
+	return affectedOne("delete resource", res)
+}
+
+func (r resources) List(ctx context.Context, prefix string) ([]string, error) {
+	// substr instead of LIKE, so that '%' and '_' in a prefix are literal.
+	rows, err := r.db.r.QueryContext(ctx, `SELECT path FROM resources WHERE substr(path, 1, length(?)) = ? ORDER BY path`, prefix, prefix)
+	if err != nil {
+		return nil, wrap("list resources", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return nil, wrap("list resources", err)
+		}
+		out = append(out, p)
+	}
+	return out, wrap("list resources", rows.Err())
+}
+
+type keys struct{ db *DB }
+
+func (k keys) Create(ctx context.Context, v store.Key) error {
+	if v.CreatedAt.IsZero() {
+		v.CreatedAt = time.Now().UTC()
+	}
+	_, err := k.db.w.ExecContext(ctx,
+		`INSERT INTO keys (kind, id, sealed, public, not_before, not_after, created_at) VALUES (?,?,?,?,?,?,?)`,
+		v.Kind, v.ID, v.Sealed, v.Public, ns(v.NotBefore), ns(v.NotAfter), ns(v.CreatedAt))
+	return wrap("create key", err)
+}
+
+func (k keys) List(ctx context.Context, kind string) ([]store.Key, error) {
+	rows, err := k.db.r.QueryContext(ctx,
+		`SELECT kind, id, sealed, public, not_before, not_after, created_at FROM keys WHERE kind = ? ORDER BY not_before, id`, kind)
+	if err != nil {
+		return nil, wrap("list keys", err)
+	}
+	defer rows.Close()
+	var out []store.Key
+	for rows.Next() {
+		var v store.Key
+		var nb, na, created int64
+		if err := rows.Scan(&v.Kind, &v.ID, &v.Sealed, &v.Public, &nb, &na, &created); err != nil {
+			return nil, wrap("list keys", err)
+		}
+		v.NotBefore, v.NotAfter, v.CreatedAt = fromNS(nb), fromNS(na), fromNS(created)
+		out = append(out, v)
+	}
+	return out, wrap("list keys", rows.Err())
+}
+
+func (k keys) Delete(ctx context.Context, kind, id string) error {
+	res, err := k.db.w.ExecContext(ctx, `DELETE FROM keys WHERE kind = ? AND id = ?`, kind, id)
+	if err != nil {
+		return wrap("delete key", err)
+	}
+	return affectedOne("delete key", res)
+}
+
+type policies struct{ db *DB }
+
+func (p policies) Get(ctx context.Context, name string) (store.Policy, error) {
+	var v store.Policy
+	var updated int64
+	err := p.db.r.QueryRowContext(ctx, `SELECT name, text, revision, updated_at FROM policies WHERE name = ?`, name).
+		Scan(&v.Name, &v.Text, &v.Revision, &updated)
+	v.UpdatedAt = fromNS(updated)
+	return v, wrap("get policy", err)
+}
+
+func (p policies) Put(ctx context.Context, name, text string) (store.Policy, error) {
+	v := store.Policy{Name: name, Text: text, UpdatedAt: time.Now().UTC()}
+	err := p.db.w.QueryRowContext(ctx,
+		`INSERT INTO policies (name, text, revision, updated_at) VALUES (?,?,1,?)
+		 ON CONFLICT (name) DO UPDATE SET text = excluded.text, revision = policies.revision + 1, updated_at = excluded.updated_at
+		 RETURNING revision`, name, text, ns(v.UpdatedAt)).Scan(&v.Revision)
+	return v, wrap("put policy", err)
+}
