@@ -248,4 +248,3 @@ func checkConsistent(t *testing.T, path string, wantBatches int) {
 		t.Fatalf("%d batches survived, want %d", batches, wantBatches+1)
 	}
 }
-
