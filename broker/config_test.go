@@ -1,0 +1,46 @@
+package broker
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/trustgate/trustgate/config"
+)
+
+func TestDefaultConfigIsValid(t *testing.T) {
+	c := DefaultConfig()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:8080" || c.Store.Driver != "sqlite" || c.ShutdownGrace.Seconds() != 10 {
+		t.Fatalf("default config: %+v", c)
+	}
+}
+
+func TestConfigProblemsAreSpecific(t *testing.T) {
+	c := DefaultConfig()
+	err := config.Decode([]byte("listen = \"nowhere\"\n[store]\ndriver = \"mysql\"\n"), &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate()
+	if err == nil || !strings.Contains(err.Error(), `listen = "nowhere"`) || !strings.Contains(err.Error(), `store.driver = "mysql"`) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestConfigUnknownKey(t *testing.T) {
+	c := DefaultConfig()
+	err := config.Decode([]byte("[store]\ndriver = \"sqlite\"\nsynchronus = \"FULL\"\n"), &c)
+	if err == nil || !strings.Contains(err.Error(), "store.synchronus") || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestBadDuration(t *testing.T) {
+	c := DefaultConfig()
+	err := config.Decode([]byte("shutdown_grace = \"soon\"\n"), &c)
+	if err == nil || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("got %v", err)
+	}
+}

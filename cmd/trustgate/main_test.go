@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/trustgate/trustgate/broker"
+	"github.com/trustgate/trustgate/config"
+)
+
+// TestMain lets the test binary run as the trustgate command itself, so that
+// tests can start it as a real process and signal it.
+func TestMain(m *testing.M) {
+	if os.Getenv("TRUSTGATE_RUN_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func command(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "TRUSTGATE_RUN_MAIN=1")
+	return cmd
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"version"}, &out, io.Discard); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.HasPrefix(out.String(), "trustgate ") {
+		t.Fatalf("version output %q", out.String())
+	}
+}
+
+func TestStubsSayNotBuilt(t *testing.T) {
+	for _, sub := range []string{"agent", "nri-gateway", "keygen"} {
+		var errb bytes.Buffer
+		code := run([]string{sub}, io.Discard, &errb)
+		if code == 0 || !strings.Contains(errb.String(), "not built yet") {
+			t.Errorf("%s: exit %d, stderr %q", sub, code, errb.String())
+		}
+	}
+}
+
+func TestPrintDefaultConfigRoundTrips(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"server", "--print-default-config"}, &out, io.Discard); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	var c broker.Config
+	if err := config.Decode(out.Bytes(), &c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "# ") {
+		t.Fatal("default config has no comments")
+	}
+}
+
+func TestServerConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("listen = \"127.0.0.1:0\"\nlisten_adress = \"x\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	if code := run([]string{"server", "--config", bad}, io.Discard, &errb); code == 0 || !strings.Contains(errb.String(), `"listen_adress"`) || !strings.Contains(errb.String(), "line 2") {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+	errb.Reset()
+	if code := run([]string{"server"}, io.Discard, &errb); code == 0 || !strings.Contains(errb.String(), "--dev") {
+		t.Fatalf("no config: exit %d, stderr %q", code, errb.String())
+	}
+}
+
+// TestServerDevServesAndStopsOnSIGTERM runs `trustgate server --dev` as a
+// real process, checks that the address it prints answers, then sends
+// SIGTERM and expects a clean exit well within the shutdown grace.
+func TestServerDevServesAndStopsOnSIGTERM(t *testing.T) {
+	cmd := command("server", "--dev", "--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--log-format", "json")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+	var api string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "API:" {
+			api = f[1]
+			break
+		}
+	}
+	if api == "" {
+		t.Fatalf("no API address printed; stderr: %s", stderr.String())
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	resp, err := http.Get(api + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"ok"`) {
+		t.Fatalf("healthz: %d %s", resp.StatusCode, body)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; stderr: %s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not stop within 10s of SIGTERM")
+	}
+	if !strings.Contains(stderr.String(), `"msg":"stopped"`) {
+		t.Fatalf("no JSON 'stopped' log record: %s", stderr.String())
+	}
+}
