@@ -156,10 +156,12 @@ func (d *decoder) expectType(t byte) {
 // encoder appends fields.
 type encoder struct{ b []byte }
 
-func (e *encoder) u8(v byte)       { e.b = append(e.b, v) }
-func (e *encoder) raw(v []byte)    { e.b = append(e.b, v...) }
-func (e *encoder) str8(s string)   { e.b = append(append(e.b, byte(len(s))), s...) }
-func (e *encoder) str16(s string)  { e.b = append(binary.BigEndian.AppendUint16(e.b, uint16(len(s))), s...) }
+func (e *encoder) u8(v byte)     { e.b = append(e.b, v) }
+func (e *encoder) raw(v []byte)  { e.b = append(e.b, v...) }
+func (e *encoder) str8(s string) { e.b = append(append(e.b, byte(len(s))), s...) }
+func (e *encoder) str16(s string) {
+	e.b = append(binary.BigEndian.AppendUint16(e.b, uint16(len(s))), s...)
+}
 func (e *encoder) bytes8(v []byte) { e.b = append(append(e.b, byte(len(v))), v...) }
 
 // hello is the plugin's first message.
