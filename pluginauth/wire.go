@@ -372,15 +372,17 @@ func decodeOutcome(b []byte) (*Outcome, error) {
 	o := &Outcome{Role: d.str8("role")}
 	if n := d.u8("tag count"); n > 0 {
 		o.Tags = make(map[string]string, n)
-		for range n {
+		prev := ""
+		for i := range n {
 			k := d.str8("tag key")
 			v := d.str16("tag value")
 			if d.err != nil {
 				break
 			}
-			if _, dup := o.Tags[k]; dup {
-				d.fail("duplicate tag %q", printable(k))
+			if i > 0 && k <= prev {
+				d.fail("tag %q is duplicated or out of order (tags are sorted by key)", printable(k))
 			}
+			prev = k
 			o.Tags[k] = v
 		}
 	}
