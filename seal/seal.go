@@ -32,9 +32,9 @@ import (
 const KeySize = chacha20poly1305.KeySize
 
 const (
-	magic   = "tgs1"
-	idSize  = 8
-	header  = len(magic) + idSize + chacha20poly1305.NonceSizeX
+	magic    = "tgs1"
+	idSize   = 8
+	header   = len(magic) + idSize + chacha20poly1305.NonceSizeX
 	overhead = header + chacha20poly1305.Overhead
 	// fileTag starts every key line in a key file.
 	fileTag = "trustgate-seal-key-v1"
