@@ -97,6 +97,9 @@ func (a *Attestor) Attest(ctx context.Context, ch attest.Challenge, evidence jso
 	return attest.Result{SPIFFEID: id, Claims: map[string]any{"join_token_expires_at": t.ExpiresAt.Unix()}}, nil
 }
 
+// ErrInvalid marks a Create request with a bad TTL or SPIFFE ID.
+var ErrInvalid = errors.New("invalid join token request")
+
 // Digest is the store ID of a token: hex SHA-256.
 func Digest(token string) string {
 	sum := sha256.Sum256([]byte(token))
@@ -108,15 +111,15 @@ func Digest(token string) string {
 // the token, which is shown only this once.
 func Create(ctx context.Context, tokens store.JoinTokens, td spiffeid.TrustDomain, ttl time.Duration, spiffeID string, now time.Time) (string, store.JoinToken, error) {
 	if ttl <= 0 {
-		return "", store.JoinToken{}, fmt.Errorf("join token: ttl %v: want a positive duration", ttl)
+		return "", store.JoinToken{}, fmt.Errorf("%w: ttl %v: want a positive duration", ErrInvalid, ttl)
 	}
 	if spiffeID != "" {
 		id, err := spiffeid.FromString(spiffeID)
 		if err != nil {
-			return "", store.JoinToken{}, fmt.Errorf("join token: spiffe_id: %w", err)
+			return "", store.JoinToken{}, fmt.Errorf("%w: spiffe_id: %v", ErrInvalid, err)
 		}
 		if !id.MemberOf(td) {
-			return "", store.JoinToken{}, fmt.Errorf("join token: spiffe_id %s is not in trust domain %s", id, td)
+			return "", store.JoinToken{}, fmt.Errorf("%w: spiffe_id %s is not in trust domain %s", ErrInvalid, id, td)
 		}
 	}
 	var b [32]byte
