@@ -21,7 +21,7 @@ import (
 
 func newServerCmd(g *globalFlags) *cobra.Command {
 	var (
-		configPath, listen, metricsAddr string
+		configPath, listen, metricsAddr  string
 		dev, printDefault, createSealKey bool
 	)
 	cmd := &cobra.Command{
