@@ -344,10 +344,6 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := s.store.Sessions().SetClaims(ctx, sess.ID, []byte(tok)); err != nil {
-		s.fail(w, r, fmt.Errorf("record attestation: %w", err))
-		return
-	}
 	s.log.Info("attested", "tee", sess.TEE, "spiffe_id", res.SPIFFEID, "peer", r.RemoteAddr, "session", sess.ID)
 	s.setCookie(w, r, sess)
 	writeJSON(w, http.StatusOK, map[string]string{"token": tok})
