@@ -139,7 +139,10 @@ func TestSignatureCheckedWithStdlib(t *testing.T) {
 	}
 	x, _ := base64.RawURLEncoding.DecodeString(k.X)
 	y, _ := base64.RawURLEncoding.DecodeString(k.Y)
-	pub := &ecdsa.PublicKey{Curve: elliptic.P256(), X: new(big.Int).SetBytes(x), Y: new(big.Int).SetBytes(y)}
+	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+	if err != nil {
+		t.Fatalf("JWKS key is not a P-256 point: %v", err)
+	}
 	sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
 	if len(sig) != 64 {
 		t.Fatalf("signature %d bytes", len(sig))
