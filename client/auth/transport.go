@@ -182,6 +182,10 @@ type attempt struct {
 	tokKey string
 	token  string
 	scopes []string
+	// guessed is set when the context had not learned its scope: the
+	// token was chosen from the derived scope, so a challenge answering it
+	// is a first challenge, not a request for more scope.
+	guessed bool
 }
 
 // RoundTrip sends req, attaching the token its context needs, and answers
@@ -235,20 +239,31 @@ func (t *Transport) prepare(ctx context.Context, origin string, rs reqScope, u *
 		h, err := t.basicHeader(ctx, u.Host)
 		return nil, h, err
 	}
-	switch {
-	case l != nil:
+	if l != nil {
 		return t.bearer(ctx, origin, l, u, "")
-	case predicted != nil:
-		att, h, err := t.bearer(ctx, origin, predicted, u, "")
-		if err != nil {
-			// A failed prediction costs nothing: send unauthenticated and
-			// learn from the challenge.
-			t.log.DebugContext(ctx, "predicted token fetch failed", "origin", origin, "err", err)
-			return nil, "", nil
-		}
-		return att, h, nil
 	}
-	return nil, "", nil
+	if len(rs.scopes) == 0 {
+		return nil, "", nil
+	}
+	// A context not yet learned may reuse a fresh token from this origin
+	// that covers its derived scope and names no other resource.
+	if need, err := ParseScopes(strings.Join(rs.scopes, " ")); err == nil {
+		if e := t.covering(origin, need, nil, ""); e != nil {
+			return &attempt{token: e.token, scopes: rs.scopes, guessed: true}, "Bearer " + e.token, nil
+		}
+	}
+	if predicted == nil {
+		return nil, "", nil
+	}
+	att, h, err := t.bearer(ctx, origin, predicted, u, "")
+	if err != nil {
+		// A failed prediction costs nothing: send unauthenticated and
+		// learn from the challenge.
+		t.log.DebugContext(ctx, "predicted token fetch failed", "origin", origin, "err", err)
+		return nil, "", nil
+	}
+	att.guessed = true
+	return att, h, nil
 }
 
 // answer handles a 401: learn the challenge for this context, get the token
@@ -282,7 +297,7 @@ func (t *Transport) answer(req *http.Request, resp *http.Response, origin string
 		if len(scopes) == 0 {
 			scopes = rs.scopes
 		}
-		if att != nil && bearer.Params["error"] == "insufficient_scope" {
+		if att != nil && !att.guessed && bearer.Params["error"] == "insufficient_scope" {
 			scopes = CleanScopes(append(slices.Clone(att.scopes), scopes...))
 		}
 		l := &learned{realm: realm, service: bearer.Params["service"], scopes: scopes}
@@ -419,14 +434,42 @@ func (t *Transport) cached(origin string, l *learned, key, rejected string) *tok
 	if err != nil || len(need) == 0 {
 		return nil
 	}
-	realm := l.realm.String()
+	return t.coveringLocked(origin, need, l, rejected, now)
+}
+
+// covering finds a fresh token for origin whose scope covers need and names
+// no resource outside it; with l set, only from l's realm and service.
+func (t *Transport) covering(origin string, need []Scope, l *learned, rejected string) *tokenEntry {
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.coveringLocked(origin, need, l, rejected, now)
+}
+
+func (t *Transport) coveringLocked(origin string, need []Scope, l *learned, rejected string, now time.Time) *tokenEntry {
 	for _, e := range t.tokens {
-		if e.origin == origin && e.realm == realm && e.service == l.service && now.Before(e.refreshAt) &&
-			e.token != rejected && Covers(e.scopes, need) {
+		if e.origin != origin || !now.Before(e.refreshAt) || e.token == rejected {
+			continue
+		}
+		if l != nil && (e.realm != l.realm.String() || e.service != l.service) {
+			continue
+		}
+		if Covers(e.scopes, need) && onlyResources(e.scopes, need) {
 			return e
 		}
 	}
 	return nil
+}
+
+// onlyResources reports whether every scope in have is on a resource that
+// need names, so that a token for have grants nothing about other resources.
+func onlyResources(have, need []Scope) bool {
+	for _, h := range have {
+		if !slices.ContainsFunc(need, func(n Scope) bool { return n.resource() == h.resource() }) {
+			return false
+		}
+	}
+	return true
 }
 
 func (t *Transport) store(key string, e *tokenEntry) {
