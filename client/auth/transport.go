@@ -217,10 +217,33 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Header.Set("Authorization", hdr)
 	}
 	resp, err := t.base.RoundTrip(out)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized {
-		return resp, err
+	// Answer the first challenge, and then at most one insufficient_scope.
+	for round := 0; err == nil && resp.StatusCode == http.StatusUnauthorized && round < 2; round++ {
+		if round == 1 && !insufficientScope(resp) {
+			break
+		}
+		var retried bool
+		resp, att, retried, err = t.answer(req, resp, origin, rs, att)
+		if !retried {
+			break
+		}
 	}
-	return t.answer(req, resp, origin, rs, att)
+	return resp, err
+}
+
+// insufficientScope reports whether a 401 carries a Bearer challenge with
+// error="insufficient_scope".
+func insufficientScope(resp *http.Response) bool {
+	chs, err := ParseChallenges(resp.Header.Values("Www-Authenticate")...)
+	if err != nil {
+		return false
+	}
+	for _, c := range chs {
+		if c.Scheme == "bearer" && c.Params["error"] == "insufficient_scope" {
+			return true
+		}
+	}
+	return false
 }
 
 // prepare picks the Authorization for a request before it is sent.
@@ -267,13 +290,14 @@ func (t *Transport) prepare(ctx context.Context, origin string, rs reqScope, u *
 }
 
 // answer handles a 401: learn the challenge for this context, get the token
-// it asks for, and retry once.
-func (t *Transport) answer(req *http.Request, resp *http.Response, origin string, rs reqScope, att *attempt) (*http.Response, error) {
+// it asks for, and send the request again. It reports the attempt it made
+// and whether it retried at all.
+func (t *Transport) answer(req *http.Request, resp *http.Response, origin string, rs reqScope, att *attempt) (*http.Response, *attempt, bool, error) {
 	ctx := req.Context()
 	chs, err := ParseChallenges(resp.Header.Values("Www-Authenticate")...)
 	if err != nil {
 		t.log.DebugContext(ctx, "unparsable challenge", "url", req.URL.Redacted(), "err", err)
-		return resp, nil
+		return resp, att, false, nil
 	}
 	var bearer, basic *Challenge
 	for i := range chs {
@@ -291,7 +315,7 @@ func (t *Transport) answer(req *http.Request, resp *http.Response, origin string
 		if err != nil {
 			drainClose(resp.Body)
 			closeBody(req)
-			return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
+			return nil, att, false, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
 		}
 		scopes := CleanScopes(strings.Fields(bearer.Params["scope"]))
 		if len(scopes) == 0 {
@@ -303,41 +327,44 @@ func (t *Transport) answer(req *http.Request, resp *http.Response, origin string
 		l := &learned{realm: realm, service: bearer.Params["service"], scopes: scopes}
 		t.learn(ctx, origin, rs, l)
 		if !rewindable(req) {
-			return resp, nil
+			return resp, att, false, nil
 		}
 		rejected := ""
 		if att != nil {
 			rejected = att.token
 		}
-		_, hdr, err = t.bearer(ctx, origin, l, req.URL, rejected)
+		var next *attempt
+		next, hdr, err = t.bearer(ctx, origin, l, req.URL, rejected)
 		if err != nil {
 			drainClose(resp.Body)
 			closeBody(req)
-			return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
+			return nil, att, false, fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err)
 		}
+		att = next
 	case basic != nil && att == nil:
 		cred, err := t.credential(ctx, req.URL.Host)
 		if err != nil || cred.Username == "" || !rewindable(req) {
-			return resp, nil
+			return resp, att, false, nil
 		}
 		t.mu.Lock()
 		t.host(origin).basic = true
 		t.mu.Unlock()
 		hdr = basicValue(cred)
 	default:
-		return resp, nil
+		return resp, att, false, nil
 	}
 	drainClose(resp.Body)
 	retry := req.Clone(ctx)
 	if req.Body != nil && req.Body != http.NoBody {
 		body, err := req.GetBody()
 		if err != nil {
-			return nil, fmt.Errorf("%s %s: rewind body: %w", req.Method, req.URL.Redacted(), err)
+			return nil, att, false, fmt.Errorf("%s %s: rewind body: %w", req.Method, req.URL.Redacted(), err)
 		}
 		retry.Body = body
 	}
 	retry.Header.Set("Authorization", hdr)
-	return t.base.RoundTrip(retry)
+	resp, err = t.base.RoundTrip(retry)
+	return resp, att, true, err
 }
 
 // learn records what the server demanded for a context and whether the
