@@ -201,7 +201,7 @@ var expiryWorkload = workload{"(e) token expires mid-run", func(ctx context.Cont
 func seed(t *testing.T, tgt *registrytest.Target, tags, repos int) {
 	t.Helper()
 	ctx := context.Background()
-	tr := auth.New(auth.WithCredentials(creds(tgt)))
+	tr := newSeedTransport(tgt)
 	im, err := registrytest.NewImage(tgt.Name)
 	if err != nil {
 		t.Fatal(err)
@@ -218,6 +218,10 @@ func seed(t *testing.T, tgt *registrytest.Target, tags, repos int) {
 			t.Fatalf("seed %s: %v", tgt.Name, err)
 		}
 	}
+}
+
+func newSeedTransport(tgt *registrytest.Target) http.RoundTripper {
+	return auth.New(auth.WithCredentials(creds(tgt)))
 }
 
 type result struct {
