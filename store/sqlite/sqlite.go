@@ -39,7 +39,7 @@ type Options struct {
 
 // DB is a store.Store on one SQLite database file.
 type DB struct {
-	w, r *sql.DB
+	w, r *pool
 }
 
 var _ store.Store = (*DB)(nil)
@@ -94,7 +94,12 @@ func open(ctx context.Context, path string, opts Options, target int) (*DB, erro
 		return nil, fmt.Errorf("sqlite: open readers %s: %w", path, err)
 	}
 	r.SetMaxOpenConns(readers)
-	return &DB{w: w, r: r}, nil
+	db := &DB{w: newPool(w), r: newPool(r)}
+	if err := db.w.warm(ctx, sessionByID, consumeNonce); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+	return db, nil
 }
 
 // Close closes both connection pools.
@@ -121,7 +126,7 @@ func (db *DB) Keys() store.Keys { return keys{db} }
 func (db *DB) Policies() store.Policies { return policies{db} }
 
 // tx runs fn in a write transaction and commits it if fn succeeds.
-func (db *DB) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+func (db *DB) tx(ctx context.Context, fn func(*tx) error) error {
 	tx, err := db.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlite: begin: %w", err)
@@ -172,7 +177,11 @@ func (s sessions) Create(ctx context.Context, v store.Session) error {
 	return wrap("create session", err)
 }
 
-const sessionCols = `id, tee, nonce, extra_params, created_at, expires_at, nonce_used, claims`
+const (
+	sessionCols  = `id, tee, nonce, extra_params, created_at, expires_at, nonce_used, claims`
+	sessionByID  = `SELECT ` + sessionCols + ` FROM sessions WHERE id = ?`
+	consumeNonce = `UPDATE sessions SET nonce_used = 1 WHERE id = ?`
+)
 
 func scanSession(row interface{ Scan(...any) error }) (store.Session, error) {
 	var v store.Session
@@ -183,14 +192,14 @@ func scanSession(row interface{ Scan(...any) error }) (store.Session, error) {
 }
 
 func (s sessions) Get(ctx context.Context, id string) (store.Session, error) {
-	v, err := scanSession(s.db.r.QueryRowContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ?`, id))
+	v, err := scanSession(s.db.r.QueryRowContext(ctx, sessionByID, id))
 	return v, wrap("get session", err)
 }
 
 func (s sessions) ConsumeNonce(ctx context.Context, id, nonce string, now time.Time) (store.Session, error) {
 	var out store.Session
-	err := s.db.tx(ctx, func(tx *sql.Tx) error {
-		v, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ?`, id))
+	err := s.db.tx(ctx, func(tx *tx) error {
+		v, err := scanSession(tx.QueryRowContext(ctx, sessionByID, id))
 		if err != nil {
 			return wrap("consume nonce", err)
 		}
@@ -204,7 +213,7 @@ func (s sessions) ConsumeNonce(ctx context.Context, id, nonce string, now time.T
 		case !now.Before(v.ExpiresAt):
 			return fmt.Errorf("sqlite: consume nonce: %w", store.ErrExpired)
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET nonce_used = 1 WHERE id = ?`, id); err != nil {
+		if _, err := tx.ExecContext(ctx, consumeNonce, id); err != nil {
 			return wrap("consume nonce", err)
 		}
 		v.NonceUsed = true
@@ -298,7 +307,7 @@ func (e entries) Create(ctx context.Context, v store.Entry) (store.Entry, error)
 	if err != nil {
 		return store.Entry{}, fmt.Errorf("sqlite: create entry: %w", err)
 	}
-	err = e.db.tx(ctx, func(tx *sql.Tx) error {
+	err = e.db.tx(ctx, func(tx *tx) error {
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO entries (id, spiffe_id, parent_id, x509_ttl_ns, jwt_ttl_ns, dns_names, created_at) VALUES (?,?,?,?,?,?,?)`,
 			v.ID, v.SPIFFEID, v.ParentID, int64(v.X509SVIDTTL), int64(v.JWTSVIDTTL), string(dns), ns(v.CreatedAt)); err != nil {

@@ -33,7 +33,7 @@ func TestWALMode(t *testing.T) {
 	}
 	defer db.Close()
 	var mode string
-	if err := db.r.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
+	if err := db.r.db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
 		t.Fatalf("journal_mode %q %v", mode, err)
 	}
 }
@@ -57,7 +57,7 @@ func TestMigrateFromOldSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := schemaVersion(ctx, old.w); v != 1 {
+	if v, _ := schemaVersion(ctx, old.w.db); v != 1 {
 		t.Fatalf("old schema version %d", v)
 	}
 	if _, err := old.Entries().Create(ctx, store.Entry{ID: "e", SPIFFEID: "spiffe://td/a", ParentID: "spiffe://td/p",
@@ -77,7 +77,7 @@ func TestMigrateFromOldSchema(t *testing.T) {
 	}
 	defer db.Close()
 	ms, _ := migrations()
-	if v, _ := schemaVersion(ctx, db.w); v != len(ms) {
+	if v, _ := schemaVersion(ctx, db.w.db); v != len(ms) {
 		t.Fatalf("schema version %d after migration, want %d", v, len(ms))
 	}
 	e, err := db.Entries().Get(ctx, "e")
@@ -96,7 +96,7 @@ func TestRefusesNewerSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.w.Exec(`UPDATE schema_version SET version = 999`); err != nil {
+	if _, err := db.w.db.Exec(`UPDATE schema_version SET version = 999`); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
@@ -222,10 +222,10 @@ func checkConsistent(t *testing.T, path string, wantBatches int) {
 	}
 	defer db.Close()
 	var ok string
-	if err := db.r.QueryRow(`PRAGMA integrity_check`).Scan(&ok); err != nil || ok != "ok" {
+	if err := db.r.db.QueryRow(`PRAGMA integrity_check`).Scan(&ok); err != nil || ok != "ok" {
 		t.Fatalf("integrity_check: %q %v", ok, err)
 	}
-	rows, err := db.r.Query(`SELECT updated_at, count(*) FROM resources GROUP BY updated_at ORDER BY updated_at`)
+	rows, err := db.r.db.Query(`SELECT updated_at, count(*) FROM resources GROUP BY updated_at ORDER BY updated_at`)
 	if err != nil {
 		t.Fatal(err)
 	}
