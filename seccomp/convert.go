@@ -144,8 +144,8 @@ func FromNRI(n *api.LinuxSeccomp) (*Profile, error) {
 	}
 	p := &Profile{
 		DefaultAction:    def,
-		Architectures:    slices.Clone(n.Architectures),
-		Flags:            slices.Clone(n.Flags),
+		Architectures:    cloneOrNil(n.Architectures),
+		Flags:            cloneOrNil(n.Flags),
 		ListenerPath:     n.ListenerPath,
 		ListenerMetadata: n.ListenerMetadata,
 		Syscalls:         make([]Rule, 0, len(n.Syscalls)),
@@ -177,6 +177,15 @@ func FromNRI(n *api.LinuxSeccomp) (*Profile, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// cloneOrNil copies s, giving nil for an empty slice, so that both
+// conversions produce equal profiles.
+func cloneOrNil(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	return slices.Clone(s)
 }
 
 // NRI converts p to the form NRI adjustments carry. A nil profile converts

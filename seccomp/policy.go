@@ -1,13 +1,14 @@
 package seccomp
 
 import (
-	"errors"
 	"fmt"
 	"path"
 	"slices"
 	"strings"
 
 	"github.com/containerd/nri/pkg/api"
+
+	"github.com/trustgate/trustgate/config"
 )
 
 // ProfileKind is the kind of seccomp profile a pod asked for.
@@ -94,11 +95,11 @@ type Policy struct {
 
 // Validate reports every problem with the policy.
 func (p Policy) Validate() error {
-	var errs []error
+	var probs config.Problems
 	switch p.Mode {
 	case "", ModeNone, ModeRuntimeDefaultOnly, ModeTightenOnly, ModeAny:
 	default:
-		errs = append(errs, fmt.Errorf("mode %q: want none, runtime-default-only, tighten-only or any", p.Mode))
+		probs.Addf("seccomp mode %q: want none, runtime-default-only, tighten-only or any", p.Mode)
 	}
 	for _, o := range []struct {
 		name string
@@ -107,20 +108,20 @@ func (p Policy) Validate() error {
 		switch o.mode {
 		case "", ModeNone, ModeTightenOnly, ModeAny:
 		default:
-			errs = append(errs, fmt.Errorf("%s %q: want none, tighten-only or any", o.name, o.mode))
+			probs.Addf("seccomp %s %q: want none, tighten-only or any", o.name, o.mode)
 		}
 	}
 	for _, g := range p.AllowedListenerPaths {
 		if _, err := path.Match(g, ""); err != nil {
-			errs = append(errs, fmt.Errorf("allowed_listener_paths %q: %w", g, err))
+			probs.Addf("seccomp allowed_listener_paths %q: %v", g, err)
 		}
 	}
 	for _, f := range p.AllowFlags {
 		if !IsKnownFlag(f) {
-			errs = append(errs, fmt.Errorf("allow_flags: unknown seccomp flag %q", f))
+			probs.Addf("seccomp allow_flags: unknown flag %q, want one of %s", f, strings.Join(knownFlags, ", "))
 		}
 	}
-	return errors.Join(errs...)
+	return probs.Err()
 }
 
 // ModeFor returns the mode that applies to adjustments of a profile of kind
