@@ -89,8 +89,9 @@ func eval(cl []clause, fallback Action, x *[MaxArgs]uint64) Action {
 
 // compareName compares the rules for one syscall name. fo and fa are the
 // actions that apply when no rule matches. explicit marks the extra pass for
-// multiplexed syscalls, whose findings are Unprovable.
-func (c *comparison) compareName(name string, o *Profile, ro []int, fo Action, a *Profile, ra []int, fa Action, explicit bool) {
+// multiplexed syscalls, whose findings are Unprovable. It reports whether it
+// added a loosening.
+func (c *comparison) compareName(name string, o *Profile, ro []int, fo Action, a *Profile, ra []int, fa Action, explicit bool) bool {
 	repeat, wide := false, false
 	for _, set := range []struct {
 		p   *Profile
@@ -139,14 +140,13 @@ func (c *comparison) compareName(name string, o *Profile, ro []int, fo Action, a
 			}
 			if explicit {
 				f.Kind = Unprovable
-				f.Reason = join(f.Reason, "where socketcall(2) or ipc(2) multiplex this syscall, "+
-					"its rules meet those of related syscalls on one syscall number, "+
-					"and this change could let a rule of theirs decide")
+				f.Reason = join(f.Reason, multiplexReason)
 			}
 			c.add(f)
-			return
+			return true
 		}
 	}
+	return false
 }
 
 func join(a, b string) string {

@@ -3,7 +3,6 @@ package seccomp
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 )
 
@@ -187,7 +186,7 @@ func Compare(original, adjusted *Profile) (*Result, error) {
 	c.compareArchitectures(original, adjusted)
 	c.compareFlags(original, adjusted)
 	c.compareListener(original, adjusted)
-	c.compareSyscalls(original, adjusted)
+	c.compareSyscalls(original, adjusted, touchedNames(original, adjusted))
 	return c.res, nil
 }
 
@@ -195,6 +194,11 @@ type comparison struct {
 	res    *Result
 	arches []string
 }
+
+// multiplexReason explains Unprovable findings of multiplexed syscalls.
+const multiplexReason = "where socketcall(2) or ipc(2) multiplex this syscall, " +
+	"its rules meet those of related syscalls on one syscall number, " +
+	"and this change could let a rule of theirs decide"
 
 func (c *comparison) add(f Finding) { c.res.Findings = append(c.res.Findings, f) }
 
@@ -260,39 +264,161 @@ func listenerString(p *Profile) string {
 	return fmt.Sprintf("%s (metadata %q)", p.ListenerPath, p.ListenerMetadata)
 }
 
-// compiled is a profile as runc hands it to libseccomp: rules indexed by
-// syscall name, without the rules that repeat the default action.
-type compiled struct {
-	def Action
-	// rules maps a syscall name to the indices of its surviving rules.
-	rules map[string][]int
-	// named holds every syscall name the profile mentions, dropped rules
-	// included (runc's -ENOSYS stub looks at all of them).
-	named []string
-	p     *Profile
+// nameRef says that rule names a syscall. live is false for a rule that
+// repeats the default action, which runc drops.
+type nameRef struct {
+	name string
+	rule int
+	live bool
 }
 
-func compile(p *Profile) compiled {
-	c := compiled{def: p.DefaultAction, rules: make(map[string][]int, 2*len(p.Syscalls)+64), p: p}
-	for i, r := range p.Syscalls {
-		keep := !r.Action.Same(p.DefaultAction)
-		for _, n := range r.Names {
-			idx, seen := c.rules[n]
-			if !seen {
-				c.named = append(c.named, n)
+// compiled is a profile as runc hands it to libseccomp: one reference per
+// (syscall name, rule), sorted by name and then rule order.
+type compiled struct {
+	def  Action
+	refs []nameRef
+	p    *Profile
+}
+
+func compile(p *Profile, only map[string]bool) compiled {
+	return compiled{def: p.DefaultAction, refs: refsOf(p, only, true), p: p}
+}
+
+// maxTouched bounds the names touchedNames hands back; past it, comparing
+// every name is cheaper than looking the touched ones up.
+const maxTouched = 32
+
+// touchedNames diffs the rule lists of two profiles with the same default
+// action and returns every name whose list of rules may differ: the names of
+// rules outside the common prefix and suffix, except those that a rule
+// keeps in place when only its names changed. It returns nil if the default
+// actions differ or more than maxTouched names would need a look.
+func touchedNames(o, a *Profile) map[string]bool {
+	if o.DefaultAction != a.DefaultAction {
+		return nil
+	}
+	x, y := o.Syscalls, a.Syscalls
+	for len(x) > 0 && len(y) > 0 && sameRule(x[0], y[0]) {
+		x, y = x[1:], y[1:]
+	}
+	for len(x) > 0 && len(y) > 0 && sameRule(x[len(x)-1], y[len(y)-1]) {
+		x, y = x[:len(x)-1], y[:len(y)-1]
+	}
+	out := map[string]bool{}
+	mark := func(names ...string) bool {
+		for _, n := range names {
+			out[n] = true
+		}
+		return len(out) <= maxTouched
+	}
+	if len(x) == len(y) {
+		for i := range x {
+			if x[i].Action == y[i].Action && slices.Equal(x[i].Args, y[i].Args) {
+				if !mark(namesDiff(x[i].Names, y[i].Names)...) {
+					return nil
+				}
+				continue
 			}
-			if keep {
-				c.rules[n] = append(idx, i)
-			} else if !seen {
-				c.rules[n] = nil
+			if !mark(x[i].Names...) || !mark(y[i].Names...) {
+				return nil
+			}
+		}
+		return out
+	}
+	for _, r := range x {
+		if !mark(r.Names...) {
+			return nil
+		}
+	}
+	for _, r := range y {
+		if !mark(r.Names...) {
+			return nil
+		}
+	}
+	return out
+}
+
+func sameRule(x, y Rule) bool {
+	return x.Action == y.Action && slices.Equal(x.Names, y.Names) && slices.Equal(x.Args, y.Args)
+}
+
+// namesDiff walks two name lists in step and returns every name it cannot
+// pair up; a name appearing both paired and unpaired is returned too, so the
+// result covers every name whose occurrences differ.
+func namesDiff(x, y []string) []string {
+	var out []string
+	i, j := 0, 0
+	for i < len(x) && j < len(y) {
+		switch {
+		case x[i] == y[j]:
+			i, j = i+1, j+1
+		case i+1 < len(x) && x[i+1] == y[j]:
+			out = append(out, x[i])
+			i++
+		case j+1 < len(y) && x[i] == y[j+1]:
+			out = append(out, y[j])
+			j++
+		default:
+			out = append(out, x[i], y[j])
+			i, j = i+1, j+1
+		}
+	}
+	out = append(out, x[i:]...)
+	return append(out, y[j:]...)
+}
+
+// refsOf lists the (name, rule) references of p, for the names in only (all
+// names if only is nil), in rule order or, if sorted, by name and then rule.
+func refsOf(p *Profile, only map[string]bool, sorted bool) []nameRef {
+	n := 0
+	for _, r := range p.Syscalls {
+		n += len(r.Names)
+	}
+	if only != nil {
+		n = 2 * len(only)
+	}
+	refs := make([]nameRef, 0, n)
+	for i, r := range p.Syscalls {
+		live := !r.Action.Same(p.DefaultAction)
+		for _, name := range r.Names {
+			if only == nil || only[name] {
+				refs = append(refs, nameRef{name: name, rule: i, live: live})
 			}
 		}
 	}
-	return c
+	if sorted {
+		// The references are in rule order already; a stable sort by name
+		// keeps it within a name.
+		slices.SortStableFunc(refs, func(a, b nameRef) int { return strings.Compare(a.name, b.name) })
+	}
+	return refs
 }
 
-func (c *comparison) compareSyscalls(o, a *Profile) {
-	co, ca := compile(o), compile(a)
+// group returns the references for the name at refs[i], and the index past
+// them.
+func group(refs []nameRef, i int) ([]nameRef, int) {
+	j := i + 1
+	for j < len(refs) && refs[j].name == refs[i].name {
+		j++
+	}
+	return refs[i:j], j
+}
+
+// live returns the indices of the rules in g that runc keeps.
+func live(g []nameRef) []int {
+	var out []int
+	for _, r := range g {
+		if r.live {
+			out = append(out, r.rule)
+		}
+	}
+	return out
+}
+
+// compareSyscalls compares the rules of the names in only, or of all names
+// if only is nil, and the default actions.
+func (c *comparison) compareSyscalls(o, a *Profile, only map[string]bool) {
+	co, ca := compile(o, only), compile(a, only)
 	if r := a.DefaultAction.Kind.Rank() - o.DefaultAction.Kind.Rank(); r < 0 {
 		c.add(Finding{Kind: Loosened, Subject: "default action", Architectures: c.arches,
 			From: o.DefaultAction.Kind.String(), To: a.DefaultAction.Kind.String(),
@@ -301,38 +427,110 @@ func (c *comparison) compareSyscalls(o, a *Profile) {
 		c.add(Finding{Kind: ErrnoChanged, Subject: "default action", Architectures: c.arches,
 			From: o.DefaultAction.String(), To: a.DefaultAction.String()})
 	}
-	names := make([]string, 0, len(co.named)+8)
-	names = append(names, co.named...)
-	for _, n := range ca.named {
-		if _, ok := co.rules[n]; !ok {
-			names = append(names, n)
+	sameDefault := o.DefaultAction == a.DefaultAction
+	var dropped [][]nameRef // names the original mentions and the adjusted does not
+	i, j := 0, 0
+	for i < len(co.refs) || j < len(ca.refs) {
+		var go_, ga []nameRef
+		switch {
+		case j == len(ca.refs) || (i < len(co.refs) && co.refs[i].name < ca.refs[j].name):
+			go_, i = group(co.refs, i)
+			dropped = append(dropped, go_)
+		case i == len(co.refs) || ca.refs[j].name < co.refs[i].name:
+			ga, j = group(ca.refs, j)
+		default:
+			go_, i = group(co.refs, i)
+			ga, j = group(ca.refs, j)
 		}
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		ro, ra := co.rules[n], ca.rules[n]
-		if o.DefaultAction == a.DefaultAction && sameRules(o, ro, a, ra) {
+		if sameDefault && sameRules(o, go_, a, ga) {
 			continue
 		}
-		c.compareName(n, o, ro, o.DefaultAction, a, ra, a.DefaultAction, false)
-		if multiplexed[n] {
-			c.compareName(n, o, ro, Action{Kind: ActAllow}, a, ra, Action{Kind: ActAllow}, true)
+		var name string
+		if len(go_) > 0 {
+			name = go_[0].name
+		} else {
+			name = ga[0].name
+		}
+		if c.compareConstant(name, o, go_, a, ga) {
+			continue
+		}
+		ro, ra := live(go_), live(ga)
+		if !c.compareName(name, o, ro, o.DefaultAction, a, ra, a.DefaultAction, false) && multiplexed[name] {
+			c.compareName(name, o, ro, Action{Kind: ActAllow}, a, ra, Action{Kind: ActAllow}, true)
 		}
 	}
-	c.checkEnosysStub(co, ca)
+	c.checkEnosysStub(co, ca, dropped)
 }
 
-func sameRules(o *Profile, ro []int, a *Profile, ra []int) bool {
-	if len(ro) != len(ra) {
+// constantAction returns the action the rules in g give regardless of
+// arguments, or false if some rule has conditions.
+func constantAction(p *Profile, g []nameRef, fallback Action) (Action, bool) {
+	best, found := fallback, false
+	for _, r := range g {
+		if !r.live {
+			continue
+		}
+		rule := p.Syscalls[r.rule]
+		if len(rule.Args) > 0 {
+			return Action{}, false
+		}
+		if !found || rule.Action.Kind.Rank() > best.Kind.Rank() {
+			best, found = rule.Action, true
+		}
+	}
+	return best, true
+}
+
+// compareConstant handles a name whose rules have no conditions on either
+// side, the common case, without enumerating arguments; it reports whether
+// it did.
+func (c *comparison) compareConstant(name string, o *Profile, go_ []nameRef, a *Profile, ga []nameRef) bool {
+	ao, ok := constantAction(o, go_, o.DefaultAction)
+	if !ok {
 		return false
 	}
-	for i := range ro {
-		x, y := o.Syscalls[ro[i]], a.Syscalls[ra[i]]
-		if x.Action != y.Action || !slices.Equal(x.Args, y.Args) {
-			return false
+	aa, ok := constantAction(a, ga, a.DefaultAction)
+	if !ok {
+		return false
+	}
+	switch d := aa.Kind.Rank() - ao.Kind.Rank(); {
+	case d < 0:
+		c.add(Finding{Kind: Loosened, Subject: name, Architectures: c.arches, From: ao.Kind.String(), To: aa.Kind.String()})
+		return true
+	case d == 0 && aa.EffectiveRet() != ao.EffectiveRet():
+		c.add(Finding{Kind: ErrnoChanged, Subject: name, Architectures: c.arches, From: ao.String(), To: aa.String()})
+	}
+	if multiplexed[name] {
+		eo, _ := constantAction(o, go_, Action{Kind: ActAllow})
+		ea, _ := constantAction(a, ga, Action{Kind: ActAllow})
+		if ea.Kind.Rank() < eo.Kind.Rank() {
+			c.add(Finding{Kind: Unprovable, Subject: name, Architectures: c.arches, Reason: multiplexReason})
 		}
 	}
 	return true
+}
+
+// sameRules reports whether the rules that runc keeps for one name are the
+// same on both sides.
+func sameRules(o *Profile, go_ []nameRef, a *Profile, ga []nameRef) bool {
+	i, j := 0, 0
+	for {
+		for i < len(go_) && !go_[i].live {
+			i++
+		}
+		for j < len(ga) && !ga[j].live {
+			j++
+		}
+		if i == len(go_) || j == len(ga) {
+			return i == len(go_) && j == len(ga)
+		}
+		x, y := o.Syscalls[go_[i].rule], a.Syscalls[ga[j].rule]
+		if x.Action != y.Action || !slices.Equal(x.Args, y.Args) {
+			return false
+		}
+		i++
+		j++
+	}
 }
 
 // checkEnosysStub covers runc's -ENOSYS stub: unless the default action is
@@ -343,31 +541,25 @@ func sameRules(o *Profile, ro []int, a *Profile, ra []int) bool {
 // restrictive than ERRNO. Adding names is covered by the per-name check: a
 // stub only exists when the original default is at least ERRNO, and the
 // adjusted must then give at least that.
-func (c *comparison) checkEnosysStub(co, ca compiled) {
+func (c *comparison) checkEnosysStub(co, ca compiled, dropped [][]nameRef) {
 	def := ca.def
-	if def.Kind == ActAllow || def.Kind == ActLog || def.Kind == ActTrace || (def.RetSet && def.Ret == ENOSYS) {
+	if len(dropped) == 0 || def.Kind == ActAllow || def.Kind == ActLog || def.Kind == ActTrace || (def.RetSet && def.Ret == ENOSYS) {
 		return
 	}
 	errnoRank := ActErrno.Rank()
 	var worst []string
-	for _, n := range co.named {
-		if _, still := ca.rules[n]; still {
-			continue
+	for _, g := range dropped {
+		strict := co.def.Kind.Rank() > errnoRank
+		for _, r := range g {
+			strict = strict || (r.live && co.p.Syscalls[r.rule].Action.Kind.Rank() > errnoRank)
 		}
-		for _, i := range co.rules[n] {
-			if co.p.Syscalls[i].Action.Kind.Rank() > errnoRank {
-				worst = append(worst, n)
-				break
-			}
-		}
-		if co.def.Kind.Rank() > errnoRank {
-			worst = append(worst, n)
+		if strict {
+			worst = append(worst, g[0].name)
 		}
 	}
 	if len(worst) == 0 {
 		return
 	}
-	worst = slices.Compact(worst)
 	c.add(Finding{Kind: Unprovable, Subject: strings.Join(worst, ", "), Architectures: c.arches,
 		Reason: "runc's -ENOSYS stub: no longer naming these may lower the highest named syscall, " +
 			"so newer syscalls would get ERRNO(ENOSYS) where the original gave " + co.def.Kind.String() + " or stricter"})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -319,6 +320,19 @@ func checkAgainstOracle(t testing.TB, rng *rand.Rand, orig, adj *specs.LinuxSecc
 	res, err := Compare(po, pa)
 	if err != nil {
 		t.Fatalf("Compare: %v", err)
+	}
+	// The rule diff that picks the names to compare must not change the
+	// answer: comparing every name gives the same findings.
+	full := comparison{res: &Result{}, arches: archList(po, pa)}
+	full.compareSyscalls(po, pa, nil)
+	var fromSyscalls []Finding
+	for _, f := range res.Findings {
+		if f.Kind != ArchitectureChanged && f.Kind != FlagChanged && f.Kind != ListenerChanged {
+			fromSyscalls = append(fromSyscalls, f)
+		}
+	}
+	if !reflect.DeepEqual(fromSyscalls, full.res.Findings) {
+		t.Fatalf("rule diff and full comparison disagree:\n%s\n--\n%s", &Result{fromSyscalls}, full.res)
 	}
 	if res.Tighter() {
 		for _, name := range changedNames(orig, adj) {
