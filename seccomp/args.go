@@ -68,10 +68,62 @@ func clauses(p *Profile, idx []int, sem semantics, mask uint64) []clause {
 	return out
 }
 
-// eval returns the action for argument vector x: the most restrictive
-// matching clause, or the fallback when none matches.
-func eval(cl []clause, fallback Action, x *[MaxArgs]uint64) Action {
-	best, found := fallback, false
+// span is the set of actions libseccomp may take for one input, by its
+// least and most restrictive member. libseccomp does not pick the most
+// restrictive of several matching rules: an unconditional rule overrides
+// conditional ones, the first of several unconditional rules wins, and among
+// overlapping conditional rules the shape of its decision tree decides. The
+// differential test checks that it always takes one of the matching rules'
+// actions, or the fallback when none matches; this is that set.
+type span struct {
+	lo, hi Action
+}
+
+func (s *span) add(a Action, first bool) {
+	if first || a.Kind.Rank() < s.lo.Kind.Rank() {
+		s.lo = a
+	}
+	if first || a.Kind.Rank() > s.hi.Kind.Rank() {
+		s.hi = a
+	}
+}
+
+// single reports whether the span holds one action only.
+func (s span) single() bool { return s.lo.Same(s.hi) }
+
+// compareSpans compares what the original and the adjusted filter may do
+// for one input: looser for certain (every possible adjusted action is less
+// restrictive than every original one), maybe looser, or not looser.
+func compareSpans(o, a span) (sure, maybe bool) {
+	return a.hi.Kind.Rank() < o.lo.Kind.Rank(), a.lo.Kind.Rank() < o.hi.Kind.Rank()
+}
+
+// mayFallThrough reports whether libseccomp's decision tree for these
+// clauses may miss a matching clause and take the fallback: it branches on
+// the high 32-bit word of an argument first, so when conditions on one
+// argument differ in that word, an input can follow one branch and never
+// reach a clause that matches it on another (found by the differential test
+// with libseccomp 2.5).
+func mayFallThrough(cl []clause) bool {
+	var hi [MaxArgs]uint64
+	var seen [MaxArgs]bool
+	for _, k := range cl {
+		for _, c := range k.conds {
+			h := c.Value >> 32
+			if seen[c.Index] && hi[c.Index] != h {
+				return true
+			}
+			hi[c.Index], seen[c.Index] = h, true
+		}
+	}
+	return false
+}
+
+// eval returns the span of actions for argument vector x; leaky adds the
+// fallback to it (see mayFallThrough).
+func eval(cl []clause, fallback Action, leaky bool, x *[MaxArgs]uint64) span {
+	s := span{fallback, fallback}
+	found := leaky
 	for _, k := range cl {
 		ok := true
 		for _, c := range k.conds {
@@ -80,11 +132,12 @@ func eval(cl []clause, fallback Action, x *[MaxArgs]uint64) Action {
 				break
 			}
 		}
-		if ok && (!found || k.act.Kind.Rank() > best.Kind.Rank()) {
-			best, found = k.act, true
+		if ok {
+			s.add(k.act, !found)
+			found = true
 		}
 	}
-	return best
+	return s
 }
 
 // compareName compares the rules for one syscall name. fo and fa are the
@@ -129,7 +182,8 @@ func (c *comparison) compareName(name string, o *Profile, ro []int, fo Action, a
 			f := Finding{Kind: Loosened, Subject: name, Architectures: c.arches, Args: v.args, Reason: v.reason}
 			if v.unprovable {
 				f.Kind = Unprovable
-			} else {
+			}
+			if v.from.Kind != 0 {
 				f.From, f.To = v.from.Kind.String(), v.to.Kind.String()
 			}
 			if mask != math.MaxUint64 {
@@ -172,7 +226,8 @@ type verdict struct {
 // decide checks that, for every argument vector, the adjusted clauses give
 // an action at least as restrictive as the original ones.
 func decide(co []clause, fo Action, ca []clause, fa Action, mask uint64) verdict {
-	if quickTighter(co, fo, ca, fa) {
+	leakyO, leakyA := mayFallThrough(co), mayFallThrough(ca)
+	if quickTighter(co, fo, leakyO, ca, fa, leakyA) {
 		return verdict{ok: true}
 	}
 	var used [MaxArgs]bool
@@ -201,18 +256,23 @@ func decide(co []clause, fo Action, ca []clause, fa Action, mask uint64) verdict
 		}
 	}
 	var v verdict
+	var maybe *verdict
 	var x [MaxArgs]uint64
 	var pos [MaxArgs]int
 	for {
 		for i := range MaxArgs {
 			x[i] = reps[i][pos[i]]
 		}
-		ao, aa := eval(co, fo, &x), eval(ca, fa, &x)
-		switch d := aa.Kind.Rank() - ao.Kind.Rank(); {
-		case d < 0:
-			return verdict{from: ao, to: aa, args: witness(&x, &used), errno: v.errno, errnoArgs: v.errnoArgs}
-		case d == 0 && v.errno == nil && aa.EffectiveRet() != ao.EffectiveRet():
-			v.errno, v.errnoArgs = []Action{ao, aa}, witness(&x, &used)
+		so, sa := eval(co, fo, leakyO, &x), eval(ca, fa, leakyA, &x)
+		sure, possibly := compareSpans(so, sa)
+		switch {
+		case sure:
+			return verdict{from: so.lo, to: sa.hi, args: witness(&x, &used), errno: v.errno, errnoArgs: v.errnoArgs}
+		case possibly && maybe == nil:
+			maybe = &verdict{unprovable: true, from: so.hi, to: sa.lo, args: witness(&x, &used), reason: overlapReason}
+		case so.single() && sa.single() && sa.hi.Kind.Rank() == so.hi.Kind.Rank() &&
+			v.errno == nil && sa.hi.EffectiveRet() != so.hi.EffectiveRet():
+			v.errno, v.errnoArgs = []Action{so.hi, sa.hi}, witness(&x, &used)
 		}
 		// Advance the odometer.
 		i := 0
@@ -227,64 +287,43 @@ func decide(co []clause, fo Action, ca []clause, fa Action, mask uint64) verdict
 			break
 		}
 	}
+	if maybe != nil {
+		maybe.errno, maybe.errnoArgs = v.errno, v.errnoArgs
+		return *maybe
+	}
 	v.ok = true
 	return v
 }
+
+// overlapReason explains Unprovable findings where rules overlap.
+const overlapReason = "rules with different actions match here, and libseccomp's decision tree, not their severity, picks one"
 
 // quickTighter proves the easy cases without enumeration: the least
 // restrictive action the adjusted clauses can give is strictly more
 // restrictive than the most restrictive one the original can give, or both
 // sides can only ever give the same single action.
-func quickTighter(co []clause, fo Action, ca []clause, fa Action) bool {
-	hiO, onlyO := bounds(co, fo, true)
-	loA, onlyA := bounds(ca, fa, false)
-	if loA.Kind.Rank() > hiO.Kind.Rank() {
+func quickTighter(co []clause, fo Action, leakyO bool, ca []clause, fa Action, leakyA bool) bool {
+	so, sa := possible(co, fo, leakyO), possible(ca, fa, leakyA)
+	if sa.lo.Kind.Rank() > so.hi.Kind.Rank() {
 		return true
 	}
-	return onlyO && onlyA && hiO.Same(loA)
+	return so.single() && sa.single() && so.hi.Same(sa.hi)
 }
 
-// bounds returns the most (high) or least restrictive action the clauses can
-// produce, and whether they can produce only that one action.
-func bounds(cl []clause, fallback Action, high bool) (Action, bool) {
+// possible returns the span of every action the clauses can produce for
+// some input: all their actions, and the fallback unless a clause without
+// conditions always matches and the tree cannot leak.
+func possible(cl []clause, fallback Action, leaky bool) span {
+	var s span
 	uncond := false
-	var best Action
-	for _, k := range cl {
-		if len(k.conds) == 0 && (!uncond || k.act.Kind.Rank() > best.Kind.Rank()) {
-			uncond, best = true, k.act
-		}
+	for i, k := range cl {
+		s.add(k.act, i == 0)
+		uncond = uncond || len(k.conds) == 0
 	}
-	// With an unconditional clause the fallback never applies, and nothing
-	// below that clause's action can win.
-	single := true
-	var ext Action
-	first := true
-	consider := func(a Action) {
-		if uncond && a.Kind.Rank() < best.Kind.Rank() {
-			return
-		}
-		if first {
-			ext, first = a, false
-			return
-		}
-		if !a.Same(ext) {
-			single = false
-		}
-		if (high && a.Kind.Rank() > ext.Kind.Rank()) || (!high && a.Kind.Rank() < ext.Kind.Rank()) {
-			ext = a
-		}
+	if !uncond || leaky {
+		s.add(fallback, len(cl) == 0)
 	}
-	if !uncond {
-		consider(fallback)
-	}
-	for _, k := range cl {
-		consider(k.act)
-	}
-	if !high && uncond {
-		// The least the clauses can give is the best unconditional action.
-		return best, single
-	}
-	return ext, single
+	return s
 }
 
 // representatives returns argument values for index i, one in every region

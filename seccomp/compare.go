@@ -462,48 +462,53 @@ func (c *comparison) compareSyscalls(o, a *Profile, only map[string]bool) {
 	c.checkEnosysStub(co, ca, dropped)
 }
 
-// constantAction returns the action the rules in g give regardless of
-// arguments, or false if some rule has conditions.
-func constantAction(p *Profile, g []nameRef, fallback Action) (Action, bool) {
-	best, found := fallback, false
+// constantSpan returns the span of actions the rules in g give regardless
+// of arguments, or false if some rule has conditions.
+func constantSpan(p *Profile, g []nameRef, fallback Action) (span, bool) {
+	s := span{fallback, fallback}
+	found := false
 	for _, r := range g {
 		if !r.live {
 			continue
 		}
 		rule := p.Syscalls[r.rule]
 		if len(rule.Args) > 0 {
-			return Action{}, false
+			return span{}, false
 		}
-		if !found || rule.Action.Kind.Rank() > best.Kind.Rank() {
-			best, found = rule.Action, true
-		}
+		s.add(rule.Action, !found)
+		found = true
 	}
-	return best, true
+	return s, true
 }
 
 // compareConstant handles a name whose rules have no conditions on either
 // side, the common case, without enumerating arguments; it reports whether
 // it did.
 func (c *comparison) compareConstant(name string, o *Profile, go_ []nameRef, a *Profile, ga []nameRef) bool {
-	ao, ok := constantAction(o, go_, o.DefaultAction)
+	so, ok := constantSpan(o, go_, o.DefaultAction)
 	if !ok {
 		return false
 	}
-	aa, ok := constantAction(a, ga, a.DefaultAction)
+	sa, ok := constantSpan(a, ga, a.DefaultAction)
 	if !ok {
 		return false
 	}
-	switch d := aa.Kind.Rank() - ao.Kind.Rank(); {
-	case d < 0:
-		c.add(Finding{Kind: Loosened, Subject: name, Architectures: c.arches, From: ao.Kind.String(), To: aa.Kind.String()})
+	sure, maybe := compareSpans(so, sa)
+	switch {
+	case sure:
+		c.add(Finding{Kind: Loosened, Subject: name, Architectures: c.arches, From: so.lo.Kind.String(), To: sa.hi.Kind.String()})
 		return true
-	case d == 0 && aa.EffectiveRet() != ao.EffectiveRet():
-		c.add(Finding{Kind: ErrnoChanged, Subject: name, Architectures: c.arches, From: ao.String(), To: aa.String()})
+	case maybe:
+		c.add(Finding{Kind: Unprovable, Subject: name, Architectures: c.arches, From: so.hi.Kind.String(), To: sa.lo.Kind.String(),
+			Reason: "several unconditional rules with different actions; libseccomp keeps the first"})
+		return true
+	case so.single() && sa.single() && sa.hi.Kind.Rank() == so.hi.Kind.Rank() && sa.hi.EffectiveRet() != so.hi.EffectiveRet():
+		c.add(Finding{Kind: ErrnoChanged, Subject: name, Architectures: c.arches, From: so.hi.String(), To: sa.hi.String()})
 	}
 	if multiplexed[name] {
-		eo, _ := constantAction(o, go_, Action{Kind: ActAllow})
-		ea, _ := constantAction(a, ga, Action{Kind: ActAllow})
-		if ea.Kind.Rank() < eo.Kind.Rank() {
+		eo, _ := constantSpan(o, go_, Action{Kind: ActAllow})
+		ea, _ := constantSpan(a, ga, Action{Kind: ActAllow})
+		if _, maybe := compareSpans(eo, ea); maybe {
 			c.add(Finding{Kind: Unprovable, Subject: name, Architectures: c.arches, Reason: multiplexReason})
 		}
 	}

@@ -80,7 +80,9 @@ func ParseOp(s string) (Op, error) {
 }
 
 // Cond is a condition on one syscall argument. For OpMaskedEQ it holds when
-// arg & Value == ValueTwo; for the other operators it compares arg with Value.
+// arg & Value == ValueTwo & Value (libseccomp masks both sides, so bits of
+// ValueTwo outside the mask do not matter); for the other operators it
+// compares arg with Value.
 type Cond struct {
 	Index    uint8
 	Op       Op
@@ -104,7 +106,7 @@ func (c Cond) Holds(x uint64) bool {
 	case OpGE:
 		return x >= c.Value
 	case OpMaskedEQ:
-		return x&c.Value == c.ValueTwo
+		return x&c.Value == c.ValueTwo&c.Value
 	}
 	return false
 }
