@@ -21,10 +21,13 @@ import (
 	"strings"
 	"testing"
 
-	libseccomp "github.com/seccomp/libseccomp-golang"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	libseccomp "github.com/seccomp/libseccomp-golang"
 	"golang.org/x/net/bpf"
 )
+
+// has reports whether rank r is in the set.
+func (s oracleSet) has(r int) bool { return s&(1<<r) != 0 }
 
 // testArch is an architecture the differential test feeds inputs for.
 type testArch struct {
@@ -395,5 +398,3 @@ func FuzzDifferentialLibseccomp(f *testing.F) {
 		differentialCheck(t, rand.New(rand.NewPCG(uint64(len(b)), 9)), orig, adj)
 	})
 }
-
-

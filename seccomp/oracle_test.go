@@ -73,9 +73,6 @@ type oracleSet uint16
 func (s oracleSet) min() int { return bits.TrailingZeros16(uint16(s)) }
 func (s oracleSet) max() int { return 15 - bits.LeadingZeros16(uint16(s)) }
 
-// has reports whether rank r is in the set.
-func (s oracleSet) has(r int) bool { return s&(1<<r) != 0 }
-
 // oracleEval returns the ranks of the actions runc's filter may take for
 // syscall name with arguments args: those of every matching rule, or the
 // default's when none matches (libseccomp picks one of the matching rules
