@@ -148,18 +148,30 @@ var multiplexed = map[string]bool{
 // nil profile is "unconfined". It returns an error only for a profile that
 // fails Validate.
 //
-// The semantics are runc's on libseccomp: a rule whose action equals the
-// default action is dropped; the most restrictive matching rule of a
-// syscall wins and the default applies when none matches; a rule that puts
-// two conditions on one argument is split into one rule per condition (runc
-// issue 2735), and, for runtimes that AND them instead, that reading must
-// tighten too. Syscall names are compared name by name, which is exact for
-// every architecture since both profiles resolve a name the same way; a name
-// that an architecture lacks is ignored there by libseccomp, and Compare may
-// report it anyway. Arguments are decided exactly by enumerating one value
-// per region that the conditions carve out, in 64-bit and, where a value
-// does not fit, truncated 32-bit form; where that is not possible the
-// finding is Unprovable.
+// The semantics are runc's on libseccomp:
+//   - a rule whose action equals the default action is dropped;
+//   - a rule that puts two conditions on one argument is split into one rule
+//     per condition (runc issue 2735); for runtimes that AND them instead,
+//     that reading must tighten too;
+//   - for one input, libseccomp takes the action of one of the matching rules,
+//     or the default when none matches, but not necessarily the most
+//     restrictive one (an unconditional rule overrides conditional ones, and
+//     overlapping rules are picked by its decision tree), and where
+//     conditions on one argument differ in the high 32-bit word it may miss
+//     a matching rule and take the default. Compare therefore works with the
+//     set of actions each side may take: the adjusted profile is tighter for
+//     an input only if its least restrictive possible action is at least as
+//     restrictive as the original's most restrictive one. Where the sets
+//     overlap the finding is Unprovable.
+//
+// Syscall names are compared name by name, which is exact for every
+// architecture since both profiles resolve a name the same way; a name that
+// an architecture lacks is ignored there by libseccomp, and Compare may
+// report it anyway. Arguments are decided by enumerating one value per
+// region that the conditions carve out, in 64-bit and, where a value does not
+// fit, truncated 32-bit form (as 32-bit architectures compare); where that
+// is not possible the finding is Unprovable. The differential test
+// (build tag libseccomp) checks these semantics against libseccomp's BPF.
 func Compare(original, adjusted *Profile) (*Result, error) {
 	if err := original.Validate(); err != nil {
 		return nil, fmt.Errorf("original profile: %w", err)
