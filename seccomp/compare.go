@@ -430,7 +430,18 @@ func live(g []nameRef) []int {
 // compareSyscalls compares the rules of the names in only, or of all names
 // if only is nil, and the default actions.
 func (c *comparison) compareSyscalls(o, a *Profile, only map[string]bool) {
-	co, ca := compile(o, only), compile(a, only)
+	co := compile(o, only)
+	var ca compiled
+	if only == nil && slices.EqualFunc(o.Syscalls, a.Syscalls, sameRule) {
+		// Only the default action changed: reuse the sorted references,
+		// with the adjusted profile's idea of which rules runc keeps.
+		ca = compiled{def: a.DefaultAction, refs: slices.Clone(co.refs), p: a}
+		for i, r := range ca.refs {
+			ca.refs[i].live = !a.Syscalls[r.rule].Action.Same(a.DefaultAction)
+		}
+	} else {
+		ca = compile(a, only)
+	}
 	if r := a.DefaultAction.Kind.Rank() - o.DefaultAction.Kind.Rank(); r < 0 {
 		c.add(Finding{Kind: Loosened, Subject: "default action", Architectures: c.arches,
 			From: o.DefaultAction.Kind.String(), To: a.DefaultAction.Kind.String(),
