@@ -117,3 +117,36 @@ func FuzzParseJSON(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFromNRI feeds FromNRI what a plugin controls: the protobuf bytes of
+// the seccomp policy in its adjustment, decoded by NRI's own generated code.
+func FuzzFromNRI(f *testing.F) {
+	for _, p := range []*Profile{mobyDefault(f), {DefaultAction: Action{Kind: ActKill}, ListenerPath: "/run/a.sock"}} {
+		b, err := p.NRI().MarshalVT()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0x3a, 0x02, 0x22, 0x00}) // a syscall rule holding an empty argument
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var msg api.LinuxSeccomp
+		if err := msg.UnmarshalVT(b); err != nil {
+			return
+		}
+		p, err := FromNRI(&msg)
+		if err != nil {
+			return
+		}
+		q, err := FromNRI(p.NRI())
+		if err != nil {
+			t.Fatalf("a converted profile does not convert back: %v", err)
+		}
+		if !reflect.DeepEqual(p, q) {
+			t.Fatalf("NRI round trip changed the profile")
+		}
+		if _, err := Compare(p, q); err != nil {
+			t.Fatalf("Compare: %v", err)
+		}
+	})
+}
