@@ -293,7 +293,7 @@ type compiled struct {
 }
 
 func compile(p *Profile, only map[string]bool) compiled {
-	return compiled{def: p.DefaultAction, refs: refsOf(p, only, true), p: p}
+	return compiled{def: p.DefaultAction, refs: refsOf(p, only), p: p}
 }
 
 // maxTouched bounds the names touchedNames hands back; past it, comparing
@@ -379,9 +379,9 @@ func namesDiff(x, y []string) []string {
 	return append(out, y[j:]...)
 }
 
-// refsOf lists the (name, rule) references of p, for the names in only (all
-// names if only is nil), in rule order or, if sorted, by name and then rule.
-func refsOf(p *Profile, only map[string]bool, sorted bool) []nameRef {
+// refsOf lists the (name, rule) references of p for the names in only (all
+// names if only is nil), sorted by name and then rule.
+func refsOf(p *Profile, only map[string]bool) []nameRef {
 	n := 0
 	for _, r := range p.Syscalls {
 		n += len(r.Names)
@@ -398,11 +398,9 @@ func refsOf(p *Profile, only map[string]bool, sorted bool) []nameRef {
 			}
 		}
 	}
-	if sorted {
-		// The references are in rule order already; a stable sort by name
-		// keeps it within a name.
-		slices.SortStableFunc(refs, func(a, b nameRef) int { return strings.Compare(a.name, b.name) })
-	}
+	// The references are in rule order already; a stable sort by name keeps
+	// that order within a name.
+	slices.SortStableFunc(refs, func(a, b nameRef) int { return strings.Compare(a.name, b.name) })
 	return refs
 }
 
