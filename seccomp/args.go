@@ -12,6 +12,10 @@ import (
 // syscall; beyond it the answer is Unprovable.
 const maxPoints = 1 << 16
 
+// maxWork bounds argument vectors times clauses evaluated for one syscall,
+// so that a hostile profile cannot make a comparison expensive.
+const maxWork = 1 << 22
+
 // maxMaskBits bounds the bits that MASKED_EQ conditions on one argument may
 // inspect together before enumeration gives up.
 const maxMaskBits = 14
@@ -255,6 +259,9 @@ func decide(co []clause, fo Action, ca []clause, fa Action, mask uint64) verdict
 			return verdict{unprovable: true, reason: fmt.Sprintf("more than %d argument regions to check", maxPoints)}
 		}
 	}
+	if points*(len(co)+len(ca)) > maxWork {
+		return verdict{unprovable: true, reason: fmt.Sprintf("%d argument regions against %d rules are too many to check", points, len(co)+len(ca))}
+	}
 	var v verdict
 	var maybe *verdict
 	var x [MaxArgs]uint64
@@ -299,15 +306,33 @@ func decide(co []clause, fo Action, ca []clause, fa Action, mask uint64) verdict
 const overlapReason = "rules with different actions match here, and libseccomp's decision tree, not their severity, picks one"
 
 // quickTighter proves the easy cases without enumeration: the least
-// restrictive action the adjusted clauses can give is strictly more
-// restrictive than the most restrictive one the original can give, or both
-// sides can only ever give the same single action.
+// restrictive action the adjusted clauses can give is at least as
+// restrictive as the most restrictive one the original can give.
 func quickTighter(co []clause, fo Action, leakyO bool, ca []clause, fa Action, leakyA bool) bool {
 	so, sa := possible(co, fo, leakyO), possible(ca, fa, leakyA)
-	if sa.lo.Kind.Rank() > so.hi.Kind.Rank() {
+	switch r := so.hi.Kind.Rank(); {
+	case sa.lo.Kind.Rank() > r:
 		return true
+	case sa.lo.Kind.Rank() < r:
+		return false
 	}
-	return so.single() && sa.single() && so.hi.Same(sa.hi)
+	// Equal at the boundary: tighter if every action of that rank on either
+	// side is the same one, so that no errno change can hide there.
+	rank, want := so.hi.Kind.Rank(), so.hi
+	for _, side := range []struct {
+		cl       []clause
+		fallback Action
+	}{{co, fo}, {ca, fa}} {
+		if side.fallback.Kind.Rank() == rank && !side.fallback.Same(want) {
+			return false
+		}
+		for _, k := range side.cl {
+			if k.act.Kind.Rank() == rank && !k.act.Same(want) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // possible returns the span of every action the clauses can produce for

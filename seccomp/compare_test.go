@@ -387,3 +387,40 @@ func TestCompareRejectsInvalidProfiles(t *testing.T) {
 		}
 	}
 }
+
+func TestHostileProfilesStayCheap(t *testing.T) {
+	// Thousands of conditional rules on one syscall: the comparison gives up
+	// (Unprovable) instead of enumerating for long.
+	orig := &Profile{DefaultAction: Action{Kind: ActErrno}}
+	for i := range 3000 {
+		orig.Syscalls = append(orig.Syscalls, Rule{Names: []string{"ioctl"}, Action: Action{Kind: ActAllow},
+			Args: []Cond{{Index: 0, Op: OpEQ, Value: uint64(i)}, {Index: 1, Op: OpEQ, Value: uint64(i)}}})
+	}
+	adj := orig.Clone()
+	adj.Syscalls = adj.Syscalls[1:]
+	res := mustCompare(t, orig, adj)
+	fs := findingsOf(res, Unprovable, "ioctl")
+	if res.Tighter() || len(fs) != 1 {
+		t.Fatalf("got\n%s", res)
+	}
+	// Many rules on a single argument: few regions each, but too much work.
+	one := &Profile{DefaultAction: Action{Kind: ActErrno}}
+	for i := range 20000 {
+		one.Syscalls = append(one.Syscalls, Rule{Names: []string{"ioctl"}, Action: Action{Kind: ActAllow},
+			Args: []Cond{{Index: 0, Op: OpEQ, Value: uint64(2 * i)}}})
+	}
+	fewer := one.Clone()
+	fewer.Syscalls = fewer.Syscalls[1:]
+	if res := mustCompare(t, one, fewer); res.Tighter() || len(findingsOf(res, Unprovable, "ioctl")) != 1 {
+		t.Fatalf("20000 rules: got\n%s", res)
+	}
+	// Only adding KILL rules is decided without enumerating.
+	kill := &Profile{DefaultAction: Action{Kind: ActErrno}}
+	for i := range 3000 {
+		kill.Syscalls = append(kill.Syscalls, Rule{Names: []string{"ioctl"}, Action: Action{Kind: ActKillProcess},
+			Args: []Cond{{Index: 0, Op: OpEQ, Value: uint64(i)}, {Index: 1, Op: OpEQ, Value: uint64(i)}}})
+	}
+	if res := mustCompare(t, &Profile{DefaultAction: Action{Kind: ActErrno}}, kill); !res.Tighter() {
+		t.Fatalf("adding KILL rules: got\n%s", res)
+	}
+}
