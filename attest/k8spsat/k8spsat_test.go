@@ -63,8 +63,8 @@ func newFakeAPI() *fakeAPI {
 			UID:      "sa-uid",
 			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:spire", "system:authenticated"},
 			Extra: map[string]authnv1.ExtraValue{
-				extraPodName: {"spire-agent-x7k2p"},
-				extraPodUID:  {"pod-uid-1"},
+				extraPodName:                             {"spire-agent-x7k2p"},
+				extraPodUID:                              {"pod-uid-1"},
 				"authentication.kubernetes.io/node-name": {"node-a"},
 			},
 		},
