@@ -42,13 +42,13 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 // rules is a Checker with fixed answers.
 type rules struct {
-	names        map[string]bool // "idx-name" allowed to register
-	denyUpdates  bool
-	denyAnswers  bool
-	sawRegister  chan *api.RegisterPluginRequest
-	mu           sync.Mutex
-	updatesSeen  int
-	answersSeen  int
+	names       map[string]bool // "idx-name" allowed to register
+	denyUpdates bool
+	denyAnswers bool
+	sawRegister chan *api.RegisterPluginRequest
+	mu          sync.Mutex
+	updatesSeen int
+	answersSeen int
 }
 
 func (r *rules) Register(_ context.Context, req *api.RegisterPluginRequest) error {
