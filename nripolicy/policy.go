@@ -14,6 +14,7 @@ import (
 	"slices"
 
 	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/seccomp"
 )
 
 // Policy is what one role may change in a container. The zero value allows
@@ -56,7 +57,7 @@ type Policy struct {
 	// MemoryPolicy allows changing the NUMA memory policy.
 	MemoryPolicy bool `toml:"memory_policy"`
 	// Seccomp governs seccomp policy adjustments.
-	Seccomp SeccompPolicy `toml:"seccomp"`
+	Seccomp seccomp.Policy `toml:"seccomp"`
 }
 
 // MountPolicy governs which mounts a role may add or remove.
@@ -95,7 +96,7 @@ func AllowAll() Policy {
 		Devices: all, CDIDevices: all, NetDevices: all, Namespaces: all, Sysctls: all, Rlimits: all,
 		Resources:   ResourcePolicy{CPU: true, Memory: true, Pids: true, HugePages: true, BlockIO: true, RDT: true, Devices: true, Unified: all},
 		CgroupsPath: true, OOMScoreAdj: true, IOPriority: true, Scheduler: true, MemoryPolicy: true,
-		Seccomp: SeccompPolicy{Mode: SeccompAny},
+		Seccomp: seccomp.Policy{Mode: seccomp.ModeAny},
 	}
 }
 
@@ -118,7 +119,7 @@ func (p *Policy) Validate(prefix string) error {
 			probs.Addf("%s.namespaces: %q is not a namespace type; use one of %v or \"*\"", prefix, ns, namespaceTypes)
 		}
 	}
-	if err := p.Seccomp.validate(); err != nil {
+	if err := p.Seccomp.Validate(); err != nil {
 		probs.Addf("%s.seccomp: %v", prefix, err)
 	}
 	return probs.Err()

@@ -2,47 +2,30 @@ package nripolicy
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/containerd/nri/pkg/api"
+
+	"github.com/trustgate/trustgate/seccomp"
 )
 
-// SeccompMode is how much a role may change a container's seccomp policy.
-type SeccompMode string
-
-// Seccomp modes.
-const (
-	SeccompNone               SeccompMode = "none"
-	SeccompRuntimeDefaultOnly SeccompMode = "runtime-default-only"
-	SeccompTightenOnly        SeccompMode = "tighten-only"
-	SeccompAny                SeccompMode = "any"
-)
-
-// SeccompPolicy governs seccomp adjustments.
-type SeccompPolicy struct {
-	Mode SeccompMode `toml:"mode"`
-	// ListenerPaths lists the seccomp notify listener paths allowed.
-	ListenerPaths Globs `toml:"listener_paths"`
-}
-
-func (s SeccompPolicy) validate() error {
-	switch s.Mode {
-	case "", SeccompNone, SeccompRuntimeDefaultOnly, SeccompTightenOnly, SeccompAny:
-	default:
-		return fmt.Errorf("mode %q: want none, runtime-default-only, tighten-only or any", s.Mode)
+// decideSeccomp judges a seccomp policy adjustment with the seccomp
+// package's policy for the role.
+func decideSeccomp(_ context.Context, p seccomp.Policy, req *api.ValidateContainerAdjustmentRequest) (bool, string) {
+	linux := req.GetContainer().GetLinux()
+	profile := linux.GetSeccompProfile()
+	original := linux.GetSeccompPolicy()
+	adjusted := req.GetAdjust().GetLinux().GetSeccompPolicy()
+	kind := seccomp.KindOf(profile)
+	// A missing original means "unconfined" to the seccomp package. That
+	// is only true when the pod asked to be unconfined: a runtime that
+	// does not report the policy it applies must not make every
+	// adjustment look like a tightening.
+	if original == nil && kind != seccomp.KindUnconfined && p.ModeFor(kind) == seccomp.ModeTightenOnly {
+		return false, "seccomp: the runtime did not report the container's current " + kind.String() +
+			" policy, so tightening cannot be proven"
 	}
-	return s.ListenerPaths.validate()
-}
-
-func (s SeccompPolicy) decide(_ context.Context, req *api.ValidateContainerAdjustmentRequest) (bool, string) {
-	switch s.Mode {
-	case SeccompAny:
-		return true, "seccomp adjustment allowed"
-	case SeccompRuntimeDefaultOnly:
-		kind := req.GetContainer().GetLinux().GetSeccompProfile().GetProfileType()
-		return allowIf(kind == api.SecurityProfile_RUNTIME_DEFAULT, "seccomp adjustment of a non-runtime-default profile")
-	case SeccompTightenOnly:
-		return false, "seccomp tighten-only check not available"
+	if err := p.CheckNRI(profile, original, adjusted); err != nil {
+		return false, err.Error()
 	}
-	return false, "seccomp adjustment not allowed for this role"
+	return true, "seccomp adjustment of a " + kind.String() + " profile allowed (mode " + string(p.ModeFor(kind)) + ")"
 }

@@ -166,7 +166,7 @@ func decide(ctx context.Context, p *Policy, c claim, req *api.ValidateContainerA
 	case api.Field_IoPriority:
 		return allowIf(p.IOPriority, "I/O priority")
 	case api.Field_SeccompPolicy:
-		return p.Seccomp.decide(ctx, req)
+		return decideSeccomp(ctx, p.Seccomp, req)
 	case api.Field_Namespace:
 		return allowIf(p.Namespaces.Match(c.key), fmt.Sprintf("%s namespace", c.key))
 	case api.Field_Sysctl:
