@@ -41,11 +41,36 @@ const (
 type Checker interface {
 	// Register decides on the plugin's registration.
 	Register(ctx context.Context, req *api.RegisterPluginRequest) error
-	// UpdateContainers decides on an unsolicited update request.
-	UpdateContainers(ctx context.Context, req *api.UpdateContainersRequest) error
-	// UpdateContainerResponse decides on the plugin's answer to an
-	// UpdateContainer request.
-	UpdateContainerResponse(ctx context.Context, rsp *api.UpdateContainerResponse) error
+	// Updates decides on container updates the plugin asks for: event is
+	// "unsolicited-update" for an UpdateContainers request, or the name of
+	// the runtime request whose answer carries them ("CreateContainer",
+	// "UpdateContainer", "StopContainer", "Synchronize").
+	Updates(ctx context.Context, event string, updates []*api.ContainerUpdate) error
+}
+
+// answers maps the runtime requests whose answers carry container updates
+// to a decoder of those answers.
+var answers = map[string]func([]byte) ([]*api.ContainerUpdate, error){
+	"CreateContainer": func(b []byte) ([]*api.ContainerUpdate, error) {
+		m := &api.CreateContainerResponse{}
+		err := proto.Unmarshal(b, m)
+		return m.GetUpdate(), err
+	},
+	"UpdateContainer": func(b []byte) ([]*api.ContainerUpdate, error) {
+		m := &api.UpdateContainerResponse{}
+		err := proto.Unmarshal(b, m)
+		return m.GetUpdate(), err
+	},
+	"StopContainer": func(b []byte) ([]*api.ContainerUpdate, error) {
+		m := &api.StopContainerResponse{}
+		err := proto.Unmarshal(b, m)
+		return m.GetUpdate(), err
+	},
+	"Synchronize": func(b []byte) ([]*api.ContainerUpdate, error) {
+		m := &api.SynchronizeResponse{}
+		err := proto.Unmarshal(b, m)
+		return m.GetUpdate(), err
+	},
 }
 
 // ErrRefused wraps every refusal by the Checker.
@@ -66,10 +91,10 @@ type Conn struct {
 	// The runtime's requests to the plugin, runtime to plugin.
 	fromRuntimeRPC wire.Stream
 
-	mu sync.Mutex // guards updateStreams and writes to plugin
-	// updateStreams holds the stream IDs of the runtime's UpdateContainer
-	// requests whose answers must be checked.
-	updateStreams map[uint32]bool
+	mu sync.Mutex // guards pendingAnswers and writes to plugin
+	// pendingAnswers maps the stream IDs of the runtime's requests whose
+	// answers carry updates to the request's method.
+	pendingAnswers map[uint32]string
 }
 
 // Accept reads from plugin until its RegisterPlugin request is complete,
@@ -77,7 +102,7 @@ type Conn struct {
 // returned Conn is ready for Run; on failure plugin is left to the caller
 // to close.
 func Accept(ctx context.Context, plugin net.Conn, chk Checker, timeout time.Duration, log *slog.Logger) (*Conn, *api.RegisterPluginRequest, error) {
-	c := &Conn{plugin: plugin, chk: chk, log: log, updateStreams: map[uint32]bool{}}
+	c := &Conn{plugin: plugin, chk: chk, log: log, pendingAnswers: map[uint32]string{}}
 	if err := plugin.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, nil, fmt.Errorf("set registration deadline: %w", err)
 	}
@@ -243,7 +268,7 @@ func (c *Conn) pluginRequest(ctx context.Context, m wire.Message) (bool, error) 
 		if err := proto.Unmarshal(r.Payload, req); err != nil {
 			return false, fmt.Errorf("%w: UpdateContainers request: %v", wire.ErrMalformed, err)
 		}
-		if err := c.chk.UpdateContainers(ctx, req); err != nil {
+		if err := c.chk.Updates(ctx, "unsolicited-update", req.GetUpdate()); err != nil {
 			c.log.Info("refused unsolicited container update", "reason", err)
 			return false, c.answerPlugin(m.StreamID, status.New(codes.PermissionDenied, "trustgate: "+err.Error()))
 		}
@@ -267,29 +292,32 @@ func (c *Conn) answerPlugin(stream uint32, st *status.Status) error {
 	return nil
 }
 
-// pluginAnswer checks the plugin's answer to an UpdateContainer request and
-// replaces a refused one with PermissionDenied.
+// pluginAnswer checks the updates in the plugin's answer to a runtime
+// request and replaces a refused answer with PermissionDenied.
 func (c *Conn) pluginAnswer(ctx context.Context, m wire.Message) (wire.Message, error) {
 	if m.Type != wire.TypeResponse {
 		return m, nil
 	}
 	c.mu.Lock()
-	isUpdate := c.updateStreams[m.StreamID]
-	delete(c.updateStreams, m.StreamID)
+	method, tracked := c.pendingAnswers[m.StreamID]
+	delete(c.pendingAnswers, m.StreamID)
 	c.mu.Unlock()
-	if !isUpdate {
+	if !tracked {
 		return m, nil
 	}
 	payload, failed, err := wire.ParseResponsePayload(m.Body)
 	if err != nil || failed {
 		return m, err
 	}
-	rsp := &api.UpdateContainerResponse{}
-	if err := proto.Unmarshal(payload, rsp); err != nil {
-		return m, fmt.Errorf("%w: UpdateContainer response: %v", wire.ErrMalformed, err)
+	updates, err := answers[method](payload)
+	if err != nil {
+		return m, fmt.Errorf("%w: %s response: %v", wire.ErrMalformed, method, err)
 	}
-	if err := c.chk.UpdateContainerResponse(ctx, rsp); err != nil {
-		c.log.Info("refused container update in UpdateContainer answer", "reason", err)
+	if len(updates) == 0 {
+		return m, nil
+	}
+	if err := c.chk.Updates(ctx, method, updates); err != nil {
+		c.log.Info("refused container updates in a plugin's answer", "request", method, "reason", err)
 		body, merr := proto.Marshal(&ttrpc.Response{Status: status.New(codes.PermissionDenied, "trustgate: "+err.Error()).Proto()})
 		if merr != nil {
 			return m, fmt.Errorf("marshal refusal: %w", merr)
@@ -323,9 +351,9 @@ func (c *Conn) fromRuntime(runtime net.Conn) error {
 					if err != nil {
 						return err
 					}
-					if r.Service == pluginService && r.Method == "UpdateContainer" {
+					if _, ok := answers[r.Method]; ok && r.Service == pluginService {
 						c.mu.Lock()
-						c.updateStreams[m.StreamID] = true
+						c.pendingAnswers[m.StreamID] = r.Method
 						c.mu.Unlock()
 					}
 				}

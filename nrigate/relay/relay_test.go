@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -61,21 +62,18 @@ func (r *rules) Register(_ context.Context, req *api.RegisterPluginRequest) erro
 	return nil
 }
 
-func (r *rules) UpdateContainers(context.Context, *api.UpdateContainersRequest) error {
+func (r *rules) Updates(_ context.Context, event string, u []*api.ContainerUpdate) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.updatesSeen++
-	if r.denyUpdates {
-		return errors.New("role may not update containers")
+	if event == "unsolicited-update" {
+		r.updatesSeen++
+		if r.denyUpdates {
+			return errors.New("role may not update containers")
+		}
+		return nil
 	}
-	return nil
-}
-
-func (r *rules) UpdateContainerResponse(_ context.Context, rsp *api.UpdateContainerResponse) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.answersSeen++
-	if r.denyAnswers && len(rsp.Update) > 0 {
+	if r.denyAnswers {
 		return errors.New("role may not change resources")
 	}
 	return nil
@@ -160,8 +158,9 @@ func gateway(t *testing.T, rt *runtime, chk Checker) (socket string, results cha
 // plugin is a real NRI stub plugin.
 type plugin struct {
 	stub.Stub
-	synced chan struct{}
-	update []*api.ContainerUpdate
+	synced       chan struct{}
+	update       []*api.ContainerUpdate
+	createUpdate []*api.ContainerUpdate
 }
 
 func (p *plugin) Synchronize(context.Context, []*api.PodSandbox, []*api.Container) ([]*api.ContainerUpdate, error) {
@@ -172,7 +171,7 @@ func (p *plugin) Synchronize(context.Context, []*api.PodSandbox, []*api.Containe
 func (p *plugin) CreateContainer(_ context.Context, _ *api.PodSandbox, c *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
 	adj := &api.ContainerAdjustment{}
 	adj.AddEnv("ADJUSTED_BY", "plugin")
-	return adj, nil, nil
+	return adj, p.createUpdate, nil
 }
 
 func (p *plugin) UpdateContainer(_ context.Context, _ *api.PodSandbox, c *api.Container, _ *api.LinuxResources) ([]*api.ContainerUpdate, error) {
@@ -291,40 +290,46 @@ func TestUnsolicitedUpdatesAreChecked(t *testing.T) {
 	}
 }
 
-func TestUpdateContainerAnswersAreChecked(t *testing.T) {
+func TestUpdatesInAnswersAreChecked(t *testing.T) {
 	rt := newRuntime(t)
-	chk := &rules{names: map[string]bool{"10-a": true}, denyAnswers: true}
+	chk := &rules{names: map[string]bool{"10-a": true}}
 	sock, _ := gateway(t, rt, chk)
 	p, err := startPlugin(t, sock, "10", "a")
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.update = []*api.ContainerUpdate{{ContainerId: "c2", Linux: &api.LinuxContainerUpdate{Resources: &api.LinuxResources{Memory: &api.LinuxMemory{Limit: api.Int64(1 << 30)}}}}}
 	req := &api.UpdateContainerRequest{
 		Pod:            &api.PodSandbox{Id: "pod0"},
 		Container:      &api.Container{Id: "c1", PodSandboxId: "pod0"},
 		LinuxResources: &api.LinuxResources{},
 	}
 	// The plugin joins the runtime's list only after synchronizing.
-	eventually(t, "plugin to answer UpdateContainer", func() bool {
-		if _, err := rt.UpdateContainer(context.Background(), req); err != nil {
-			t.Fatalf("empty answer refused: %v", err)
+	eventually(t, "the plugin's answer to be checked", func() bool {
+		rsp, err := rt.UpdateContainer(context.Background(), req)
+		if err != nil {
+			t.Fatalf("allowed answer refused: %v", err)
 		}
 		chk.mu.Lock()
 		defer chk.mu.Unlock()
-		return chk.answersSeen > 0
+		return chk.answersSeen > 0 && slices.ContainsFunc(rsp.GetUpdate(), func(u *api.ContainerUpdate) bool { return u.GetContainerId() == "c2" })
 	})
 	chk.mu.Lock()
-	chk.answersSeen = 1
+	chk.denyAnswers = true
 	chk.mu.Unlock()
-	p.update = []*api.ContainerUpdate{{ContainerId: "c2", Linux: &api.LinuxContainerUpdate{Resources: &api.LinuxResources{Memory: &api.LinuxMemory{Limit: api.Int64(1 << 30)}}}}}
 	_, err = rt.UpdateContainer(context.Background(), req)
 	if err == nil || !strings.Contains(err.Error(), "may not change resources") {
-		t.Fatalf("refused answer: %v", err)
+		t.Fatalf("refused UpdateContainer answer: %v", err)
 	}
-	chk.mu.Lock()
-	defer chk.mu.Unlock()
-	if chk.answersSeen != 2 {
-		t.Fatalf("checker saw %d answers, want 2", chk.answersSeen)
+	// Updates in a CreateContainer answer are checked too: NRI validates
+	// only the created container's adjustment, not updates to others.
+	p.createUpdate = p.update
+	_, err = rt.CreateContainer(context.Background(), &api.CreateContainerRequest{
+		Pod:       &api.PodSandbox{Id: "pod0"},
+		Container: &api.Container{Id: "c3", PodSandboxId: "pod0"},
+	})
+	if err == nil || !strings.Contains(err.Error(), "may not change resources") {
+		t.Fatalf("refused CreateContainer answer: %v", err)
 	}
 }
 
