@@ -94,7 +94,3 @@ func newAgentCmd() *cobra.Command {
 func newNRIGatewayCmd() *cobra.Command {
 	return notBuilt("nri-gateway", "Run the authenticated NRI gateway in front of the runtime's NRI socket")
 }
-
-func newKeygenCmd() *cobra.Command {
-	return notBuilt("keygen", "Generate a plugin key pair")
-}

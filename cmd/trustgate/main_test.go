@@ -15,6 +15,7 @@ import (
 
 	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/pluginauth"
 )
 
 // TestMain lets the test binary run as the trustgate command itself, so that
@@ -44,7 +45,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestStubsSayNotBuilt(t *testing.T) {
-	for _, sub := range []string{"agent", "nri-gateway", "keygen"} {
+	for _, sub := range []string{"agent", "nri-gateway"} {
 		var errb bytes.Buffer
 		code := run([]string{sub}, io.Discard, &errb)
 		if code == 0 || !strings.Contains(errb.String(), "not built yet") {
@@ -83,6 +84,33 @@ func TestServerConfigErrors(t *testing.T) {
 	errb.Reset()
 	if code := run([]string{"server"}, io.Discard, &errb); code == 0 || !strings.Contains(errb.String(), "--dev") {
 		t.Fatalf("no config: exit %d, stderr %q", code, errb.String())
+	}
+}
+
+func TestKeygen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "plugin.key")
+	var out bytes.Buffer
+	if code := run([]string{"keygen", path}, &out, io.Discard); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	pub, err := pluginauth.ParsePublicKey(strings.TrimSpace(out.String()))
+	if err != nil {
+		t.Fatalf("printed public key %q: %v", out.String(), err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode: %v %v", fi, err)
+	}
+	k, err := pluginauth.LoadPrivateKeyFile(path)
+	if err != nil || !k.Public().Equal(pub) {
+		t.Fatalf("key file does not hold the printed key: %v", err)
+	}
+	var errb bytes.Buffer
+	if code := run([]string{"keygen", path}, io.Discard, &errb); code == 0 {
+		t.Fatal("keygen overwrote an existing key")
+	}
+	if again, _ := pluginauth.LoadPrivateKeyFile(path); !again.Public().Equal(pub) {
+		t.Fatal("existing key changed")
 	}
 }
 
