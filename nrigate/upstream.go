@@ -213,7 +213,7 @@ func (u *upstream) RemoveContainer(ctx context.Context, pod *api.PodSandbox, ctr
 func (u *upstream) ValidateContainerAdjustment(_ context.Context, req *api.ValidateContainerAdjustmentRequest) error {
 	var offenders []string
 	for _, c := range ownersOf(req.GetOwners(), req.GetContainer().GetId()) {
-		if c != u.self && !slices.Contains(u.allowOwners, c) {
+		if c != u.self && !matchAllowed(u.allowOwners, c) {
 			offenders = append(offenders, c)
 		}
 	}

@@ -1,44 +1,59 @@
 // Package nrilog routes containerd/nri's logging, which goes through one
 // process-wide logger, into a log/slog logger.
+//
+// NRI's logger is a plain global, so it is set exactly once, to a forwarder;
+// Install then only swaps, atomically, the slog logger the forwarder writes
+// to. Goroutines NRI already started never race with a later Install.
 package nrilog
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 
 	nrilog "github.com/containerd/nri/pkg/log"
 )
 
-// Logger adapts a slog.Logger to NRI's log.Logger interface.
-type Logger struct{ L *slog.Logger }
+var (
+	target atomic.Pointer[slog.Logger]
+	once   sync.Once
+)
 
-func (l Logger) logf(ctx context.Context, lv slog.Level, format string, args []any) {
-	if l.L.Enabled(ctx, lv) {
-		l.L.Log(ctx, lv, fmt.Sprintf(format, args...), "component", "nri")
+// Install makes l the destination of NRI's logs in this process.
+func Install(l *slog.Logger) {
+	target.Store(l)
+	once.Do(func() { nrilog.Set(forwarder{}) })
+}
+
+// forwarder implements NRI's log.Logger on the installed slog logger.
+type forwarder struct{}
+
+func logf(ctx context.Context, lv slog.Level, format string, args []any) {
+	l := target.Load()
+	if l != nil && l.Enabled(ctx, lv) {
+		l.Log(ctx, lv, fmt.Sprintf(format, args...), "component", "nri")
 	}
 }
 
 // Debugf implements nri's log.Logger.
-func (l Logger) Debugf(ctx context.Context, format string, args ...any) {
-	l.logf(ctx, slog.LevelDebug, format, args)
+func (forwarder) Debugf(ctx context.Context, format string, args ...any) {
+	logf(ctx, slog.LevelDebug, format, args)
 }
 
 // Infof implements nri's log.Logger. NRI logs routine events at info, which
 // is noise beside the gateway's own records, so they go to debug.
-func (l Logger) Infof(ctx context.Context, format string, args ...any) {
-	l.logf(ctx, slog.LevelDebug, format, args)
+func (forwarder) Infof(ctx context.Context, format string, args ...any) {
+	logf(ctx, slog.LevelDebug, format, args)
 }
 
 // Warnf implements nri's log.Logger.
-func (l Logger) Warnf(ctx context.Context, format string, args ...any) {
-	l.logf(ctx, slog.LevelWarn, format, args)
+func (forwarder) Warnf(ctx context.Context, format string, args ...any) {
+	logf(ctx, slog.LevelWarn, format, args)
 }
 
 // Errorf implements nri's log.Logger.
-func (l Logger) Errorf(ctx context.Context, format string, args ...any) {
-	l.logf(ctx, slog.LevelError, format, args)
+func (forwarder) Errorf(ctx context.Context, format string, args ...any) {
+	logf(ctx, slog.LevelError, format, args)
 }
-
-// Install makes l the process-wide NRI logger.
-func Install(l *slog.Logger) { nrilog.Set(Logger{L: l}) }
