@@ -378,7 +378,9 @@ func TestKeyClaimingAnotherPluginsNameIsRefused(t *testing.T) {
 
 func TestSeccompTightenOnlyVersusAny(t *testing.T) {
 	e := newEnv(t, nil)
-	loosen := func(a *api.ContainerAdjustment) { a.SetLinuxSeccompPolicy(seccompWith("read", "write", "ptrace", "mount")) }
+	loosen := func(a *api.ContainerAdjustment) {
+		a.SetLinuxSeccompPolicy(seccompWith("read", "write", "ptrace", "mount"))
+	}
 	p, err := e.connect(e.keys["security"], "30", "security", loosen)
 	if err != nil {
 		t.Fatal(err)
