@@ -1,37 +1,195 @@
 // Package broker is trustgate's attestation broker: the HTTP API that
 // callers attest to and get identities, tokens and resources from.
+//
+// Callers run Trustee's RCAR flow (KBS protocol 0.4.0): POST /kbs/v0/auth
+// opens a session and returns a nonce, POST /kbs/v0/attest verifies evidence
+// bound to that nonce with the attestor the session named, and answers an
+// attestation token (package token). Sessions and nonces live in the store,
+// so replicas sharing a database agree on them. Administrators manage
+// registration entries and join tokens under /admin/v1 with a JWT whose
+// "role" claim is "admin".
 package broker
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"slices"
+	"strconv"
+	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/trustgate/trustgate/attest"
 	"github.com/trustgate/trustgate/store"
+	"github.com/trustgate/trustgate/token"
 )
+
+// Options assemble a Server.
+type Options struct {
+	// Store holds sessions, join tokens and entries.
+	Store store.Store
+	// Log receives request and background-task logs.
+	Log *slog.Logger
+	// TrustDomain is the trust domain of granted identities.
+	TrustDomain spiffeid.TrustDomain
+	// Issuer is the "iss" claim of attestation tokens.
+	Issuer string
+	// Attestors are offered under their names as RCAR "tee" values.
+	Attestors []attest.Attestor
+	// Tokens signs attestation tokens and serves the JWKS.
+	Tokens *token.Authority
+	// Admin verifies admin API tokens.
+	Admin *AdminVerifier
+	// SessionTTL is how long a session lives (default 5m).
+	SessionTTL time.Duration
+	// TokenTTL is the attestation token's lifetime (default 5m).
+	TokenTTL time.Duration
+	// AttestTimeout bounds one attestor call (default 10s).
+	AttestTimeout time.Duration
+	// SweepInterval is how often expired sessions are deleted (default 1m).
+	SweepInterval time.Duration
+	// JoinTokenMaxTTL bounds join tokens created through the admin API
+	// (default 24h).
+	JoinTokenMaxTTL time.Duration
+	// RateLimit bounds auth and attest requests per client address.
+	RateLimit RateLimit
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
 
 // Server is the broker's HTTP API.
 type Server struct {
-	store store.Store
-	log   *slog.Logger
-	mux   *http.ServeMux
+	opts          Options
+	store         store.Store
+	log           *slog.Logger
+	mux           *http.ServeMux
+	attestors     map[string]attest.Attestor
+	attestorNames []string
+	limit         *limiter
+	now           func() time.Time
+	serverID      string
 }
 
-// New returns a broker serving from st.
-func New(st store.Store, log *slog.Logger) *Server {
-	s := &Server{store: st, log: log, mux: http.NewServeMux()}
+// New returns a broker serving opts.
+func New(opts Options) (*Server, error) {
+	switch {
+	case opts.Store == nil:
+		return nil, errors.New("broker: Options.Store is required")
+	case opts.Tokens == nil:
+		return nil, errors.New("broker: Options.Tokens is required")
+	case opts.Admin == nil:
+		return nil, errors.New("broker: Options.Admin is required")
+	case opts.TrustDomain.IsZero():
+		return nil, errors.New("broker: Options.TrustDomain is required")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&opts.SessionTTL, 5*time.Minute)
+	def(&opts.TokenTTL, 5*time.Minute)
+	def(&opts.AttestTimeout, 10*time.Second)
+	def(&opts.SweepInterval, time.Minute)
+	def(&opts.JoinTokenMaxTTL, 24*time.Hour)
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	serverID, err := spiffeid.FromSegments(opts.TrustDomain, "spire", "server")
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	s := &Server{opts: opts, store: opts.Store, log: opts.Log, mux: http.NewServeMux(),
+		attestors: map[string]attest.Attestor{}, limit: newLimiter(opts.RateLimit), now: opts.Now, serverID: serverID.String()}
+	for _, a := range opts.Attestors {
+		if a == nil {
+			return nil, errors.New("broker: nil attestor")
+		}
+		if _, dup := s.attestors[a.Name()]; dup {
+			return nil, fmt.Errorf("broker: two attestors named %q", a.Name())
+		}
+		s.attestors[a.Name()] = a
+		s.attestorNames = append(s.attestorNames, a.Name())
+	}
+	if len(s.attestors) == 0 {
+		return nil, errors.New("broker: no attestor")
+	}
+	slices.Sort(s.attestorNames)
 	s.mux.HandleFunc("GET /healthz", s.healthz)
-	return s
+	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.auth))
+	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.attest))
+	s.mux.Handle("GET /.well-known/jwks.json", opts.Tokens)
+	s.mux.Handle("POST /admin/v1/entries", s.admin(s.createEntry))
+	s.mux.Handle("GET /admin/v1/entries", s.admin(s.listEntries))
+	s.mux.Handle("GET /admin/v1/entries/{id}", s.admin(s.getEntry))
+	s.mux.Handle("DELETE /admin/v1/entries/{id}", s.admin(s.deleteEntry))
+	s.mux.Handle("POST /admin/v1/join-tokens", s.admin(s.createJoinToken))
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, http.StatusNotFound, ProblemInvalidPath, fmt.Sprintf("Request path %s is invalid", r.URL.Path))
+	})
+	return s, nil
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
+// Run runs the background tasks until ctx ends: the expired-session sweeper
+// and signing key rotation. It returns when both have stopped.
+func (s *Server) Run(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { defer close(done); s.opts.Tokens.Run(ctx) }()
+	t := time.NewTicker(s.opts.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			<-done
+			return
+		case <-t.C:
+			s.sweep(ctx)
+		}
+	}
+}
+
+// sweep deletes expired sessions, bounded in time so that a stuck store
+// cannot pile up sweeps.
+func (s *Server) sweep(ctx context.Context) {
+	sctx, cancel := context.WithTimeout(ctx, s.opts.SweepInterval)
+	defer cancel()
+	n, err := s.store.Sessions().DeleteExpired(sctx, s.now())
+	if err != nil {
+		s.log.Error("sweep expired sessions", "err", err)
+		return
+	}
+	if n > 0 {
+		s.log.Debug("swept expired sessions", "count", n)
+	}
+}
+
+func (s *Server) limited(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ok, wait := s.limit.allow(r.RemoteAddr, s.now()); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			writeProblem(w, http.StatusTooManyRequests, ProblemRateLimited, fmt.Sprintf("too many attestation requests from this address; retry in %v", wait.Round(time.Millisecond)))
+			return
+		}
+		h(w, r)
+	})
+}
+
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	// A read proves the store answers.
 	if _, err := s.store.JoinTokens().List(r.Context()); err != nil {
 		s.log.Error("health check: store", "err", err)
-		http.Error(w, "store unavailable", http.StatusServiceUnavailable)
+		writeProblem(w, http.StatusServiceUnavailable, ProblemInternal, "store unavailable")
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -4,7 +4,10 @@ import (
 	_ "embed"
 	"fmt"
 	"net"
+	"net/url"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustgate/trustgate/config"
 )
@@ -22,6 +25,18 @@ type Config struct {
 	Store  StoreConfig `toml:"store"`
 	// ShutdownGrace bounds the graceful shutdown, e.g. "10s".
 	ShutdownGrace Duration `toml:"shutdown_grace"`
+	// TrustDomain is the SPIFFE trust domain of granted identities.
+	TrustDomain string `toml:"trust_domain"`
+	// Issuer is the "iss" claim of signed tokens.
+	Issuer string `toml:"issuer"`
+	// AttestTimeout bounds one attestor's verification.
+	AttestTimeout Duration        `toml:"attest_timeout"`
+	Session       SessionConfig   `toml:"session"`
+	Token         TokenConfig     `toml:"token"`
+	RateLimit     RateLimitConfig `toml:"rate_limit"`
+	Keys          KeysConfig      `toml:"keys"`
+	Admin         AdminConfig     `toml:"admin"`
+	Attestors     AttestorsConfig `toml:"attestors"`
 }
 
 // StoreConfig selects and configures the persistent store.
@@ -32,6 +47,69 @@ type StoreConfig struct {
 	Path string `toml:"path"`
 	// Synchronous is SQLite's synchronous mode: "NORMAL" or "FULL".
 	Synchronous string `toml:"synchronous"`
+}
+
+// SessionConfig bounds RCAR sessions.
+type SessionConfig struct {
+	// TTL is how long a session and its nonce live.
+	TTL Duration `toml:"ttl"`
+	// SweepInterval is how often expired sessions are deleted.
+	SweepInterval Duration `toml:"sweep_interval"`
+}
+
+// TokenConfig configures the attestation token and its signing keys.
+type TokenConfig struct {
+	// TTL is the token's lifetime.
+	TTL Duration `toml:"ttl"`
+	// KeyLifetime is how long one signing key signs.
+	KeyLifetime Duration `toml:"key_lifetime"`
+	// Prepublish is how long a key is published before it signs.
+	Prepublish Duration `toml:"prepublish"`
+}
+
+// RateLimitConfig limits attestation requests per client address.
+type RateLimitConfig struct {
+	// PerSecond is the sustained rate; 0 disables limiting.
+	PerSecond float64 `toml:"per_second"`
+	// Burst is how many requests may come at once.
+	Burst int `toml:"burst"`
+	// MaxClients bounds the addresses tracked.
+	MaxClients int `toml:"max_clients"`
+}
+
+// KeysConfig locates key material kept outside the database.
+type KeysConfig struct {
+	// SealKeyFile is the sealing key file (see package seal).
+	SealKeyFile string `toml:"seal_key_file"`
+}
+
+// AdminConfig says how admin API tokens are verified. Exactly one of
+// PublicKeyFile, JWKSFile and JWKSURL is set.
+type AdminConfig struct {
+	PublicKeyFile string `toml:"public_key_file"`
+	JWKSFile      string `toml:"jwks_file"`
+	JWKSURL       string `toml:"jwks_url"`
+	// Audience, when set, must be in the admin token's "aud".
+	Audience string `toml:"audience"`
+}
+
+// AttestorsConfig enables and configures the attestors. Each is offered
+// under its name as an RCAR "tee".
+type AttestorsConfig struct {
+	Sample    SampleConfig    `toml:"sample"`
+	JoinToken JoinTokenConfig `toml:"join_token"`
+}
+
+// SampleConfig configures the sample TEE attestor.
+type SampleConfig struct {
+	Enabled bool `toml:"enabled"`
+}
+
+// JoinTokenConfig configures the join_token attestor.
+type JoinTokenConfig struct {
+	Enabled bool `toml:"enabled"`
+	// MaxTTL bounds the lifetime of created join tokens.
+	MaxTTL Duration `toml:"max_ttl"`
 }
 
 // DefaultConfig returns the configuration that default.toml describes.
@@ -60,8 +138,55 @@ func (c *Config) Validate() error {
 	default:
 		p.Addf("store.driver = %q: the only driver is \"sqlite\"", c.Store.Driver)
 	}
-	if c.ShutdownGrace.Duration <= 0 {
-		p.Addf("shutdown_grace = %q: want a positive duration such as \"10s\"", c.ShutdownGrace)
+	positive := func(name string, d Duration) {
+		if d.Duration <= 0 {
+			p.Addf("%s = %q: want a positive duration such as \"10s\"", name, d)
+		}
+	}
+	positive("shutdown_grace", c.ShutdownGrace)
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		p.Addf("trust_domain = %q: %v (want a name such as \"example.org\")", c.TrustDomain, err)
+	}
+	if c.Issuer == "" {
+		p.Addf("issuer is empty: set it to the broker's public URL")
+	}
+	positive("attest_timeout", c.AttestTimeout)
+	positive("session.ttl", c.Session.TTL)
+	positive("session.sweep_interval", c.Session.SweepInterval)
+	positive("token.ttl", c.Token.TTL)
+	positive("token.key_lifetime", c.Token.KeyLifetime)
+	positive("token.prepublish", c.Token.Prepublish)
+	if c.Token.Prepublish.Duration >= c.Token.KeyLifetime.Duration {
+		p.Addf("token.prepublish = %q must be shorter than token.key_lifetime = %q", c.Token.Prepublish, c.Token.KeyLifetime)
+	}
+	if c.RateLimit.PerSecond < 0 {
+		p.Addf("rate_limit.per_second = %v: want 0 (off) or more", c.RateLimit.PerSecond)
+	}
+	if c.RateLimit.PerSecond > 0 && (c.RateLimit.Burst < 1 || c.RateLimit.MaxClients < 1) {
+		p.Addf("rate_limit.burst and rate_limit.max_clients must be at least 1 when rate_limit.per_second is set")
+	}
+	if c.Keys.SealKeyFile == "" {
+		p.Addf("keys.seal_key_file is empty: the sealing key must be a file outside the database")
+	}
+	n := 0
+	for _, s := range []string{c.Admin.PublicKeyFile, c.Admin.JWKSFile, c.Admin.JWKSURL} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		p.Addf("admin: set exactly one of public_key_file, jwks_file and jwks_url (%d set)", n)
+	}
+	if c.Admin.JWKSURL != "" {
+		if u, err := url.Parse(c.Admin.JWKSURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			p.Addf("admin.jwks_url = %q: want an http(s) URL", c.Admin.JWKSURL)
+		}
+	}
+	if !c.Attestors.Sample.Enabled && !c.Attestors.JoinToken.Enabled {
+		p.Addf("attestors: every attestor is disabled, so nothing can attest")
+	}
+	if c.Attestors.JoinToken.Enabled {
+		positive("attestors.join_token.max_ttl", c.Attestors.JoinToken.MaxTTL)
 	}
 	return p.Err()
 }

@@ -66,6 +66,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newAgentCmd(),
 		newNRIGatewayCmd(),
 		newKeygenCmd(),
+		newEntryCmd(),
+		newJoinTokenCmd(),
 	)
 	return root
 }

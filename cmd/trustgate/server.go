@@ -6,12 +6,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/serve"
 	"github.com/trustgate/trustgate/store/sqlite"
 	"github.com/trustgate/trustgate/telemetry"
@@ -19,8 +21,8 @@ import (
 
 func newServerCmd(g *globalFlags) *cobra.Command {
 	var (
-		configPath, listen, metricsAddr string
-		dev, printDefault               bool
+		configPath, listen, metricsAddr  string
+		dev, printDefault, createSealKey bool
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -37,6 +39,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				return err
 			}
 			cfg := broker.DefaultConfig()
+			var devAdmin broker.DevAdmin
 			switch {
 			case dev && configPath != "":
 				return fmt.Errorf("--dev and --config are exclusive: --dev runs on generated defaults")
@@ -46,6 +49,17 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 					return fmt.Errorf("dev mode: %w", err)
 				}
 				cfg.Store.Path = filepath.Join(dir, "trustgate.db")
+				cfg.Keys.SealKeyFile = filepath.Join(dir, "seal.key")
+				if err := seal.GenerateKeyFile(cfg.Keys.SealKeyFile); err != nil {
+					return fmt.Errorf("dev mode: %w", err)
+				}
+				devAdmin, err = broker.NewDevAdmin(dir, 24*time.Hour)
+				if err != nil {
+					return fmt.Errorf("dev mode: %w", err)
+				}
+				cfg.Admin = broker.AdminConfig{PublicKeyFile: devAdmin.PublicKeyFile}
+				cfg.Attestors.Sample.Enabled = true
+				cfg.RateLimit.PerSecond = 0
 			case configPath != "":
 				if err := config.LoadFile(configPath, &cfg); err != nil {
 					return err
@@ -55,6 +69,13 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			}
 			if listen != "" {
 				cfg.Listen = listen
+			}
+			if createSealKey {
+				if err := seal.GenerateKeyFile(cfg.Keys.SealKeyFile); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(out, "created %s\n", cfg.Keys.SealKeyFile)
+				return err
 			}
 			if err := cfg.Validate(); err != nil {
 				return err
@@ -66,6 +87,10 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				return err
 			}
 			defer st.Close()
+			srv, err := broker.FromConfig(ctx, cfg, st, log)
+			if err != nil {
+				return err
+			}
 			reg := telemetry.NewRegistry()
 			ln, err := net.Listen("tcp", cfg.Listen)
 			if err != nil {
@@ -75,10 +100,14 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			log.Info("broker listening", "addr", addr, "store", cfg.Store.Path, "dev", dev)
 			if dev {
 				fmt.Fprintf(out, "trustgate server (dev mode)\n  API:    %s\n  store:  %s\n  try:    curl %s/healthz\n", addr, cfg.Store.Path, addr)
+				fmt.Fprintf(out, "  admin token (24h):\n    export TRUSTGATE_ADMIN_TOKEN=%s\n", devAdmin.Token)
+				fmt.Fprintf(out, "  try:    curl -H \"Authorization: Bearer $TRUSTGATE_ADMIN_TOKEN\" %s/admin/v1/entries\n", addr)
+				fmt.Fprintf(out, "          trustgate jointoken create --server %s --admin-token \"$TRUSTGATE_ADMIN_TOKEN\"\n", addr)
 			}
 			opts := serve.Options{ShutdownGrace: cfg.ShutdownGrace.Duration}
 			grp, ctx := errgroup.WithContext(ctx)
-			grp.Go(func() error { return serve.HTTP(ctx, log, "broker", ln, broker.New(st, log), opts) })
+			grp.Go(func() error { return serve.HTTP(ctx, log, "broker", ln, srv, opts) })
+			grp.Go(func() error { srv.Run(ctx); return nil })
 			if metricsAddr != "" {
 				mln, err := net.Listen("tcp", metricsAddr)
 				if err != nil {
@@ -99,6 +128,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 	f.StringVar(&configPath, "config", "", "TOML configuration file")
 	f.BoolVar(&dev, "dev", false, "run on embedded defaults: a fresh SQLite store in a temporary directory, generated keys")
 	f.BoolVar(&printDefault, "print-default-config", false, "print a commented default configuration and exit")
+	f.BoolVar(&createSealKey, "create-seal-key", false, "create the configured keys.seal_key_file (mode 0600) and exit; never overwrites")
 	f.StringVar(&listen, "listen", "", "override the configured listen address (host:port)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port)")
 	return cmd

@@ -1,0 +1,227 @@
+package broker
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// AdminRole is the "role" claim value the admin API requires.
+const AdminRole = "admin"
+
+// adminAlgs are the JWS algorithms admin tokens may use.
+var adminAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.EdDSA, jose.RS256, jose.PS256}
+
+// AdminVerifier checks admin API bearer tokens: signed by a configured key,
+// unexpired, with role "admin". It is safe for concurrent use.
+type AdminVerifier struct {
+	audience string
+	now      func() time.Time
+	// single is the key of public_key_file, used whatever the token's kid.
+	single crypto.PublicKey
+	// jwks is a fixed key set (jwks_file) or the cached one of jwksURL.
+	mu       sync.Mutex
+	jwks     *jose.JSONWebKeySet
+	jwksURL  string
+	fetched  time.Time
+	client   *http.Client
+	log      *slog.Logger
+	cacheFor time.Duration
+}
+
+// NewAdminVerifier returns a verifier for cfg. client fetches jwks_url
+// (nil means a client with a 10 s timeout); now is the clock (nil means
+// time.Now).
+func NewAdminVerifier(cfg AdminConfig, client *http.Client, now func() time.Time, log *slog.Logger) (*AdminVerifier, error) {
+	if now == nil {
+		now = time.Now
+	}
+	if client == nil {
+		client = &http.Client{Timeout: 10 * time.Second}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	v := &AdminVerifier{audience: cfg.Audience, now: now, client: client, log: log, cacheFor: 5 * time.Minute}
+	switch {
+	case cfg.PublicKeyFile != "":
+		data, err := os.ReadFile(cfg.PublicKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin public key: %w", err)
+		}
+		k, err := ParsePublicKeyPEM(data)
+		if err != nil {
+			return nil, fmt.Errorf("admin public key %s: %w", cfg.PublicKeyFile, err)
+		}
+		v.single = k
+	case cfg.JWKSFile != "":
+		data, err := os.ReadFile(cfg.JWKSFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin JWKS: %w", err)
+		}
+		var set jose.JSONWebKeySet
+		if err := json.Unmarshal(data, &set); err != nil {
+			return nil, fmt.Errorf("admin JWKS %s: %w", cfg.JWKSFile, err)
+		}
+		v.jwks = &set
+	case cfg.JWKSURL != "":
+		v.jwksURL = cfg.JWKSURL
+	default:
+		return nil, errors.New("admin: set one of public_key_file, jwks_file and jwks_url")
+	}
+	return v, nil
+}
+
+// ParsePublicKeyPEM parses a PEM "PUBLIC KEY" block (ECDSA, Ed25519 or RSA).
+func ParsePublicKeyPEM(data []byte) (crypto.PublicKey, error) {
+	b, _ := pem.Decode(data)
+	if b == nil || b.Type != "PUBLIC KEY" {
+		return nil, errors.New("want a PEM \"PUBLIC KEY\" block")
+	}
+	k, err := x509.ParsePKIXPublicKey(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse public key: %w", err)
+	}
+	switch k.(type) {
+	case *ecdsa.PublicKey, ed25519.PublicKey, *rsa.PublicKey:
+		return k, nil
+	default:
+		return nil, fmt.Errorf("unsupported public key type %T", k)
+	}
+}
+
+// adminClaims are the claims an admin token must carry.
+type adminClaims struct {
+	Role string `json:"role"`
+}
+
+// errAdminRole is a valid token without the admin role (403).
+var errAdminRole = errors.New("token does not carry role \"admin\"")
+
+// Verify checks an admin bearer token and returns its subject.
+func (v *AdminVerifier) Verify(ctx context.Context, raw string) (string, error) {
+	tok, err := jwt.ParseSigned(raw, adminAlgs)
+	if err != nil {
+		return "", fmt.Errorf("parse token: %w", err)
+	}
+	if len(tok.Headers) != 1 {
+		return "", errors.New("want exactly one signature")
+	}
+	key, err := v.key(ctx, tok.Headers[0].KeyID)
+	if err != nil {
+		return "", err
+	}
+	var std jwt.Claims
+	var ac adminClaims
+	if err := tok.Claims(key, &std, &ac); err != nil {
+		return "", fmt.Errorf("signature: %w", err)
+	}
+	if std.Expiry == nil {
+		return "", errors.New("token has no exp")
+	}
+	want := jwt.Expected{Time: v.now()}
+	if v.audience != "" {
+		want.AnyAudience = jwt.Audience{v.audience}
+	}
+	if err := std.ValidateWithLeeway(want, 30*time.Second); err != nil {
+		return "", fmt.Errorf("claims: %w", err)
+	}
+	if ac.Role != AdminRole {
+		return std.Subject, errAdminRole
+	}
+	return std.Subject, nil
+}
+
+func (v *AdminVerifier) key(ctx context.Context, kid string) (any, error) {
+	if v.single != nil {
+		return v.single, nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.jwksURL != "" && (v.jwks == nil || v.now().Sub(v.fetched) > v.cacheFor) {
+		// Refresh no more often than every few seconds, so that tokens
+		// with unknown kids cannot turn into a fetch per request.
+		if v.now().Sub(v.fetched) > 5*time.Second {
+			if err := v.fetch(ctx); err != nil {
+				v.log.Warn("admin JWKS fetch", "url", v.jwksURL, "err", err)
+			}
+		}
+	}
+	if v.jwks == nil {
+		return nil, errors.New("admin JWKS unavailable")
+	}
+	keys := v.jwks.Key(kid)
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("unknown key id %q", kid)
+	}
+	return keys[0].Key, nil
+}
+
+func (v *AdminVerifier) fetch(ctx context.Context) error {
+	v.fetched = v.now()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.jwksURL, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := v.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(body, &set); err != nil {
+		return fmt.Errorf("decode JWKS: %w", err)
+	}
+	v.jwks = &set
+	return nil
+}
+
+// admin wraps an admin handler with bearer-token authentication.
+func (s *Server) admin(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || raw == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="trustgate-admin"`)
+			writeProblem(w, http.StatusUnauthorized, ProblemAdminAccess, "admin access denied for endpoint "+r.URL.Path+": no bearer token")
+			return
+		}
+		sub, err := s.opts.Admin.Verify(r.Context(), strings.TrimSpace(raw))
+		if errors.Is(err, errAdminRole) {
+			writeProblem(w, http.StatusForbidden, ProblemAdminAccess, "admin access denied for endpoint "+r.URL.Path+": "+err.Error())
+			return
+		}
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="trustgate-admin", error="invalid_token"`)
+			writeProblem(w, http.StatusUnauthorized, ProblemAdminAccess, "admin access denied for endpoint "+r.URL.Path+": "+err.Error())
+			return
+		}
+		s.log.Info("admin request", "method", r.Method, "path", r.URL.Path, "sub", sub, "peer", r.RemoteAddr)
+		h(w, r)
+	})
+}

@@ -1,0 +1,126 @@
+package broker
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/trustgate/trustgate/attest"
+	"github.com/trustgate/trustgate/attest/jointoken"
+	"github.com/trustgate/trustgate/attest/sample"
+	"github.com/trustgate/trustgate/seal"
+	"github.com/trustgate/trustgate/store"
+	"github.com/trustgate/trustgate/token"
+)
+
+// FromConfig builds a Server from a validated configuration: it loads the
+// seal key file, opens the token signing keys, loads the admin key and
+// builds the enabled attestors.
+func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) (*Server, error) {
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("trust_domain: %w", err)
+	}
+	sealer, err := seal.LoadKeyFile(cfg.Keys.SealKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("keys.seal_key_file: %w", err)
+	}
+	tokens, err := token.Open(ctx, token.Options{
+		Keys: st.Keys(), Sealer: sealer,
+		KeyLifetime: cfg.Token.KeyLifetime.Duration, Prepublish: cfg.Token.Prepublish.Duration,
+		MaxTokenTTL: cfg.Token.TTL.Duration, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	admin, err := NewAdminVerifier(cfg.Admin, nil, nil, log)
+	if err != nil {
+		return nil, err
+	}
+	attestors, err := buildAttestors(cfg.Attestors, td, st, log)
+	if err != nil {
+		return nil, err
+	}
+	return New(Options{
+		Store: st, Log: log, TrustDomain: td, Issuer: cfg.Issuer,
+		Attestors: attestors, Tokens: tokens, Admin: admin,
+		SessionTTL: cfg.Session.TTL.Duration, TokenTTL: cfg.Token.TTL.Duration,
+		AttestTimeout: cfg.AttestTimeout.Duration, SweepInterval: cfg.Session.SweepInterval.Duration,
+		JoinTokenMaxTTL: cfg.Attestors.JoinToken.MaxTTL.Duration,
+		RateLimit:       RateLimit{PerSecond: cfg.RateLimit.PerSecond, Burst: cfg.RateLimit.Burst, MaxClients: cfg.RateLimit.MaxClients},
+	})
+}
+
+// buildAttestors constructs the enabled attestors. Each new attestor adds a
+// section to AttestorsConfig and a constructor call here.
+func buildAttestors(cfg AttestorsConfig, td spiffeid.TrustDomain, st store.Store, log *slog.Logger) ([]attest.Attestor, error) {
+	var out []attest.Attestor
+	if cfg.Sample.Enabled {
+		a, err := sample.New(td)
+		if err != nil {
+			return nil, err
+		}
+		log.Warn("the sample attestor is enabled: it accepts evidence no hardware signed")
+		out = append(out, a)
+	}
+	if cfg.JoinToken.Enabled {
+		out = append(out, jointoken.New(st.JoinTokens(), td, nil, log))
+	}
+	return out, nil
+}
+
+// DevAdmin is a generated admin credential for --dev mode.
+type DevAdmin struct {
+	// PublicKeyFile is where the public key was written.
+	PublicKeyFile string
+	// Token is an admin bearer token valid for TTL.
+	Token string
+}
+
+// NewDevAdmin generates an ECDSA P-256 admin key, writes its public key to
+// dir/admin.pub, and returns a token with role "admin" valid for ttl.
+func NewDevAdmin(dir string, ttl time.Duration) (DevAdmin, error) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return DevAdmin{}, fmt.Errorf("dev admin key: %w", err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&priv.PublicKey)
+	if err != nil {
+		return DevAdmin{}, fmt.Errorf("dev admin key: %w", err)
+	}
+	path := dir + "/admin.pub"
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+		return DevAdmin{}, fmt.Errorf("dev admin key: %w", err)
+	}
+	tok, err := SignAdminToken(priv, "dev-admin", ttl)
+	if err != nil {
+		return DevAdmin{}, err
+	}
+	return DevAdmin{PublicKeyFile: path, Token: tok}, nil
+}
+
+// SignAdminToken signs an ES256 admin token for subject, valid for ttl.
+func SignAdminToken(priv *ecdsa.PrivateKey, subject string, ttl time.Duration) (string, error) {
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: priv}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	now := time.Now()
+	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Subject: subject, IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(ttl))}).
+		Claims(map[string]any{"role": AdminRole}).Serialize()
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return tok, nil
+}
