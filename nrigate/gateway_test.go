@@ -182,7 +182,7 @@ func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
 
 func (e *env) start() {
 	e.t.Helper()
-	log := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(slog.NewJSONHandler(e.logs, nil))
 	g, err := New(e.cfg, log, nil)
 	if err != nil {
 		e.t.Fatal(err)
