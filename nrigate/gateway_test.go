@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
 
+	"github.com/trustgate/trustgate/config"
 	"github.com/trustgate/trustgate/nrigate/nrilog"
 	"github.com/trustgate/trustgate/nripolicy"
 	"github.com/trustgate/trustgate/pluginauth"
@@ -563,4 +564,18 @@ func TestMain(m *testing.M) {
 	// starts.
 	nrilog.Install(slog.New(slog.DiscardHandler))
 	os.Exit(m.Run())
+}
+
+func TestShippedExampleConfigIsValid(t *testing.T) {
+	c := DefaultConfig()
+	if err := config.LoadFile(filepath.Join("..", "examples", "nri-gateway.toml"), &c); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Roles) != 3 || c.Roles[1].Policy.Seccomp.Mode != seccomp.ModeTightenOnly || !c.Roles[0].Policy.Mounts.ReadOnly {
+		t.Fatalf("example decoded as %+v", c.Roles)
+	}
+	var d Config
+	if err := config.Decode([]byte(DefaultConfigTOML()), &d); err != nil {
+		t.Fatal(err)
+	}
 }
