@@ -64,7 +64,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newVersionCmd(),
 		newServerCmd(g),
 		newAgentCmd(),
-		newNRIGatewayCmd(),
+		newNRIGatewayCmd(g),
 		newKeygenCmd(),
 		newEntryCmd(),
 		newJoinTokenCmd(),
@@ -91,8 +91,4 @@ func notBuilt(use, short string) *cobra.Command {
 
 func newAgentCmd() *cobra.Command {
 	return notBuilt("agent", "Run the node agent: attestation, SPIFFE Workload API, NRI identity injection")
-}
-
-func newNRIGatewayCmd() *cobra.Command {
-	return notBuilt("nri-gateway", "Run the authenticated NRI gateway in front of the runtime's NRI socket")
 }

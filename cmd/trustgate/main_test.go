@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -45,7 +46,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestStubsSayNotBuilt(t *testing.T) {
-	for _, sub := range []string{"agent", "nri-gateway"} {
+	for _, sub := range []string{"agent"} {
 		var errb bytes.Buffer
 		code := run([]string{sub}, io.Discard, &errb)
 		if code == 0 || !strings.Contains(errb.String(), "not built yet") {
@@ -165,5 +166,51 @@ func TestServerDevServesAndStopsOnSIGTERM(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), `"msg":"stopped"`) {
 		t.Fatalf("no JSON 'stopped' log record: %s", stderr.String())
+	}
+}
+
+func TestNRIGatewayConfigErrorsAndSIGTERM(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("socket = \"/run/x.sock\"\nrequire_authentification = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	if code := run([]string{"nri-gateway", "--config", bad}, io.Discard, &errb); code == 0 || !strings.Contains(errb.String(), "require_authentification") || !strings.Contains(errb.String(), "line 2") {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+	var out bytes.Buffer
+	if code := run([]string{"nri-gateway", "--print-default-config"}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "upstream_socket") {
+		t.Fatalf("default config: exit %d", code)
+	}
+	// A gateway whose runtime is not there keeps retrying; SIGTERM stops it.
+	good := filepath.Join(dir, "gw.toml")
+	cfg := fmt.Sprintf("upstream_socket = %q\nsocket = %q\nstate_dir = %q\n", filepath.Join(dir, "none.sock"), filepath.Join(dir, "gw.sock"), filepath.Join(dir, "state"))
+	if err := os.WriteFile(good, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := command("nri-gateway", "--config", good, "--log-format", "json")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; stderr: %s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("nri-gateway did not stop within 10s of SIGTERM")
+	}
+	if !strings.Contains(stderr.String(), "cannot connect to the runtime") {
+		t.Fatalf("no retry record: %s", stderr.String())
 	}
 }

@@ -108,14 +108,9 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			grp, ctx := errgroup.WithContext(ctx)
 			grp.Go(func() error { return serve.HTTP(ctx, log, "broker", ln, srv, opts) })
 			grp.Go(func() error { srv.Run(ctx); return nil })
-			if metricsAddr != "" {
-				mln, err := net.Listen("tcp", metricsAddr)
-				if err != nil {
-					_ = ln.Close()
-					return fmt.Errorf("metrics listen: %w", err)
-				}
-				log.Info("metrics listening", "addr", "http://"+mln.Addr().String()+"/metrics")
-				grp.Go(func() error { return serve.HTTP(ctx, log, "metrics", mln, telemetry.MetricsHandler(reg), opts) })
+			if err := serveMetrics(ctx, grp, log, metricsAddr, reg, opts); err != nil {
+				_ = ln.Close()
+				return err
 			}
 			err = grp.Wait()
 			if err == nil || context.Cause(ctx) != nil {

@@ -1,0 +1,29 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/trustgate/trustgate/serve"
+	"github.com/trustgate/trustgate/telemetry"
+)
+
+// serveMetrics serves reg on addr in grp until ctx ends; an empty addr
+// serves nothing.
+func serveMetrics(ctx context.Context, grp *errgroup.Group, log *slog.Logger, addr string, reg *prometheus.Registry, opts serve.Options) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listen: %w", err)
+	}
+	log.Info("metrics listening", "addr", "http://"+ln.Addr().String()+"/metrics")
+	grp.Go(func() error { return serve.HTTP(ctx, log, "metrics", ln, telemetry.MetricsHandler(reg), opts) })
+	return nil
+}

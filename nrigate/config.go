@@ -1,0 +1,180 @@
+package nrigate
+
+import (
+	_ "embed"
+	"fmt"
+	"path"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/nripolicy"
+	"github.com/trustgate/trustgate/pluginauth"
+)
+
+//go:embed default.toml
+var defaultTOML string
+
+// DefaultConfigTOML is the commented default configuration that
+// `trustgate nri-gateway --print-default-config` prints.
+func DefaultConfigTOML() string { return defaultTOML }
+
+// Config is the gateway's configuration file.
+type Config struct {
+	// UpstreamSocket is the runtime's NRI socket.
+	UpstreamSocket string `toml:"upstream_socket"`
+	// Socket is where plugins connect to the gateway.
+	Socket string `toml:"socket"`
+	// SocketGroup, when set, makes Socket mode 0660 and owned by this
+	// group (name or numeric ID); otherwise it is 0600, root only.
+	SocketGroup string `toml:"socket_group"`
+	// StateDir holds the private socket of the gateway's own NRI runtime;
+	// it is created mode 0700.
+	StateDir string `toml:"state_dir"`
+	// PluginName and PluginIndex are the gateway's registration upstream.
+	PluginName  string `toml:"plugin_name"`
+	PluginIndex string `toml:"plugin_index"`
+	// RegistrationTimeout bounds a plugin's wait between authenticating
+	// and registering, and NRI's registration.
+	RegistrationTimeout pluginauth.Duration `toml:"registration_timeout"`
+	// RequestTimeout bounds each NRI request to a downstream plugin.
+	RequestTimeout pluginauth.Duration `toml:"request_timeout"`
+	// ReconnectMaxBackoff caps the wait between upstream reconnections.
+	ReconnectMaxBackoff pluginauth.Duration `toml:"reconnect_max_backoff"`
+	// ValidateUpstream registers the gateway as a validator upstream,
+	// refusing adjustments by plugins that did not come through it.
+	ValidateUpstream bool `toml:"validate_upstream"`
+	// AllowUpstreamPlugins lists plugins ("<index>-<name>", globs) that
+	// may adjust containers upstream without the gateway.
+	AllowUpstreamPlugins []string `toml:"allow_upstream_plugins"`
+
+	// RequireAuthentication refuses plugins without a key; otherwise they
+	// get the role "default".
+	RequireAuthentication bool `toml:"require_authentication"`
+	// HandshakeTimeout bounds each plugin's authentication handshake.
+	HandshakeTimeout pluginauth.Duration `toml:"handshake_timeout"`
+	// MaxPendingHandshakes bounds concurrent handshakes.
+	MaxPendingHandshakes int `toml:"max_pending_handshakes"`
+	// KeyFile is the gateway's own key, for plugins that pin it.
+	KeyFile string `toml:"key_file"`
+
+	// Roles map plugin keys to names they may register under and to what
+	// they may change.
+	Roles []Role `toml:"roles"`
+	// Global rules apply whatever the role.
+	Global nripolicy.Globals `toml:"global"`
+	// DefaultValidator, if given, defines the "default" role with
+	// containerd's [plugins."io.containerd.nri.v1.nri".default_validator]
+	// knobs, one to one.
+	DefaultValidator *nripolicy.DefaultValidatorConfig `toml:"default_validator"`
+}
+
+// Role is one plugin role: pluginauth's key-to-name binding plus the
+// role's mutation policy.
+type Role struct {
+	pluginauth.RoleConfig
+	Policy nripolicy.Policy `toml:"policy"`
+}
+
+// DefaultConfig returns the configuration default.toml describes.
+func DefaultConfig() Config {
+	var c Config
+	if err := config.Decode([]byte(defaultTOML), &c); err != nil {
+		panic(fmt.Sprintf("nrigate: embedded default.toml is invalid: %v", err))
+	}
+	return c
+}
+
+// authConfig is the pluginauth part of the configuration.
+func (c *Config) authConfig() pluginauth.ServerConfig {
+	ac := pluginauth.ServerConfig{
+		RequireAuthentication: c.RequireAuthentication,
+		HandshakeTimeout:      c.HandshakeTimeout,
+		MaxPendingHandshakes:  c.MaxPendingHandshakes,
+		KeyFile:               c.KeyFile,
+	}
+	for _, r := range c.Roles {
+		ac.Roles = append(ac.Roles, r.RoleConfig)
+	}
+	if c.DefaultValidator != nil && !c.hasRole(pluginauth.DefaultRole) {
+		ac.Roles = append(ac.Roles, pluginauth.RoleConfig{Role: pluginauth.DefaultRole, Names: []string{"*"}, Indices: []string{"*"}})
+	}
+	return ac
+}
+
+func (c *Config) hasRole(name string) bool {
+	for _, r := range c.Roles {
+		if r.Role == name {
+			return true
+		}
+	}
+	return false
+}
+
+// policies returns each role's policy, and the globals, with the default
+// validator knobs applied.
+func (c *Config) policies() (map[string]*nripolicy.Policy, nripolicy.Globals) {
+	out := map[string]*nripolicy.Policy{}
+	for i := range c.Roles {
+		out[c.Roles[i].Role] = &c.Roles[i].Policy
+	}
+	g := c.Global
+	if c.DefaultValidator != nil {
+		p, dg := nripolicy.FromDefaultValidator(*c.DefaultValidator)
+		out[pluginauth.DefaultRole] = &p
+		g.RequiredPlugins = append(g.RequiredPlugins, dg.RequiredPlugins...)
+		if g.TolerateMissingAnnotation == "" {
+			g.TolerateMissingAnnotation = dg.TolerateMissingAnnotation
+		}
+	}
+	return out, g
+}
+
+// Validate reports every problem with the configuration.
+func (c *Config) Validate() error {
+	var p config.Problems
+	for name, v := range map[string]string{"upstream_socket": c.UpstreamSocket, "socket": c.Socket, "state_dir": c.StateDir} {
+		if !filepath.IsAbs(v) {
+			p.Addf("%s = %q: want an absolute path", name, v)
+		}
+	}
+	if c.Socket == c.UpstreamSocket {
+		p.Addf("socket and upstream_socket are both %q: the gateway needs its own socket", c.Socket)
+	}
+	if c.PluginName == "" || len(c.PluginIndex) != 2 || c.PluginIndex[0] < '0' || c.PluginIndex[0] > '9' || c.PluginIndex[1] < '0' || c.PluginIndex[1] > '9' {
+		p.Addf("plugin_name = %q, plugin_index = %q: want a name and a two-digit index such as \"10\"", c.PluginName, c.PluginIndex)
+	}
+	for name, d := range map[string]pluginauth.Duration{"registration_timeout": c.RegistrationTimeout, "request_timeout": c.RequestTimeout, "reconnect_max_backoff": c.ReconnectMaxBackoff} {
+		if time.Duration(d) <= 0 {
+			p.Addf("%s = %q: want a positive duration such as \"5s\"", name, time.Duration(d))
+		}
+	}
+	for _, g := range c.AllowUpstreamPlugins {
+		if _, err := path.Match(g, ""); err != nil {
+			p.Addf("allow_upstream_plugins: pattern %q: %v", g, err)
+		}
+	}
+	ac := c.authConfig()
+	if err := ac.Validate(); err != nil {
+		p = append(p, problems(err)...)
+	}
+	for i := range c.Roles {
+		r := &c.Roles[i]
+		if err := r.Policy.Validate(fmt.Sprintf("roles[%d] (%q).policy", i, r.Role)); err != nil {
+			p = append(p, problems(err)...)
+		}
+	}
+	if c.DefaultValidator != nil && c.hasRole(pluginauth.DefaultRole) {
+		p.Addf("both [default_validator] and a role named \"default\" are configured: keep one of them")
+	}
+	sort.Strings(p)
+	return p.Err()
+}
+
+func problems(err error) config.Problems {
+	if ps, ok := err.(config.Problems); ok {
+		return ps
+	}
+	return config.Problems{err.Error()}
+}

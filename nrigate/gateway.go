@@ -1,0 +1,424 @@
+// Package nrigate is trustgate's NRI gateway: it sits between a container
+// runtime's NRI socket and the runtime's plugins, and gives them what
+// upstream NRI lacks, proven identity and a per-role mutation policy.
+//
+// Upstream, the gateway is one ordinary plugin of the runtime (NRI's stub),
+// subscribed to every event. Downstream, it is the NRI runtime of its own
+// plugins, built from containerd/nri's adaptation package, so collation,
+// ordering and conflict detection are exactly upstream's. Plugins connect to
+// the gateway's socket and authenticate with pluginauth; the relay package
+// then checks their registration name and every container update they ask
+// for, and forwards their stream to the adaptation's private socket, where
+// the nripolicy validator judges each adjustment by its owner's role.
+package nrigate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/nri/pkg/adaptation"
+	"github.com/containerd/nri/pkg/adaptation/builtin"
+	"github.com/containerd/nri/pkg/api"
+	"github.com/containerd/nri/pkg/stub"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trustgate/trustgate/nrigate/nrilog"
+	"github.com/trustgate/trustgate/nrigate/relay"
+	"github.com/trustgate/trustgate/nripolicy"
+	"github.com/trustgate/trustgate/pluginauth"
+)
+
+// Gateway is a running NRI gateway.
+type Gateway struct {
+	cfg       Config
+	log       *slog.Logger
+	policies  map[string]*nripolicy.Policy
+	validator *nripolicy.Validator
+	audit     *nripolicy.Audit
+	auth      *pluginauth.Server
+	down      *adaptation.Adaptation
+	up        *upstream
+	registry  *registry
+	private   string // the adaptation's socket
+
+	mu   sync.Mutex
+	stub stub.Stub // the live upstream connection, or nil
+}
+
+// New builds a gateway from a validated configuration. Metrics are
+// registered on reg, which may be nil.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	nrilog.Install(log)
+	var opts []pluginauth.ServerOption
+	opts = append(opts, pluginauth.WithLogger(log))
+	if cfg.KeyFile != "" {
+		k, err := pluginauth.LoadPrivateKeyFile(cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nri-gateway: %w", err)
+		}
+		opts = append(opts, pluginauth.WithStaticKey(k))
+	}
+	auth, err := pluginauth.NewServer(cfg.authConfig(), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nri-gateway: %w", err)
+	}
+	audit, err := nripolicy.NewAudit(log, reg)
+	if err != nil {
+		return nil, err
+	}
+	policies, globals := cfg.policies()
+	g := &Gateway{
+		cfg:      cfg,
+		log:      log,
+		policies: policies,
+		audit:    audit,
+		auth:     auth,
+		registry: newRegistry(),
+		private:  filepath.Join(cfg.StateDir, "runtime.sock"),
+	}
+	g.validator = nripolicy.NewValidator(g.registry, globals, audit)
+	g.up = &upstream{
+		log:         log,
+		self:        cfg.PluginIndex + "-" + cfg.PluginName,
+		allowOwners: cfg.AllowUpstreamPlugins,
+		state:       newState(),
+	}
+	return g, nil
+}
+
+// Run serves until ctx ends: it connects upstream (reconnecting with
+// backoff), and once the runtime has synchronized, accepts plugins.
+func (g *Gateway) Run(ctx context.Context) error {
+	if err := os.MkdirAll(g.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("nri-gateway: state dir: %w", err)
+	}
+	if err := os.Chmod(g.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("nri-gateway: state dir: %w", err)
+	}
+	adaptation.SetPluginRegistrationTimeout(time.Duration(g.cfg.RegistrationTimeout))
+	adaptation.SetPluginRequestTimeout(time.Duration(g.cfg.RequestTimeout))
+	down, err := adaptation.New("trustgate-nri-gateway", "v1", g.syncPlugin, g.updateUpstream,
+		adaptation.WithPluginPath(filepath.Join(g.cfg.StateDir, "no-plugins")),
+		adaptation.WithPluginConfigPath(filepath.Join(g.cfg.StateDir, "no-plugins")),
+		adaptation.WithSocketPath(g.private),
+		adaptation.WithBuiltinPlugins(&builtin.BuiltinPlugin{
+			Base:  "trustgate-policy",
+			Index: "00",
+			Handlers: builtin.BuiltinHandlers{
+				ValidateContainerAdjustment: g.validator.ValidateContainerAdjustment,
+			},
+		}))
+	if err != nil {
+		return fmt.Errorf("nri-gateway: downstream runtime: %w", err)
+	}
+	if err := down.Start(); err != nil {
+		return fmt.Errorf("nri-gateway: downstream runtime: %w", err)
+	}
+	defer down.Stop()
+	g.down = down
+	g.up.down = down
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() { g.upstreamLoop(ctx) })
+
+	select {
+	case <-g.up.state.synced:
+	case <-ctx.Done():
+		return nil
+	}
+	ln, err := g.listen()
+	if err != nil {
+		return err
+	}
+	aln := g.auth.Listen(ln)
+	wg.Go(func() {
+		<-ctx.Done()
+		_ = aln.Close()
+	})
+	g.log.Info("accepting plugins", "socket", g.cfg.Socket)
+	for {
+		conn, err := aln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("nri-gateway: accept: %w", err)
+		}
+		wg.Go(func() { g.serve(ctx, conn) })
+	}
+}
+
+// listen creates the plugins' socket, root-only or group-restricted.
+func (g *Gateway) listen() (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(g.cfg.Socket), 0o755); err != nil {
+		return nil, fmt.Errorf("nri-gateway: socket dir: %w", err)
+	}
+	if err := os.Remove(g.cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("nri-gateway: remove stale socket: %w", err)
+	}
+	ln, err := net.Listen("unix", g.cfg.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("nri-gateway: listen: %w", err)
+	}
+	mode := os.FileMode(0o600)
+	if grp := g.cfg.SocketGroup; grp != "" {
+		gid, err := lookupGroup(grp)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("nri-gateway: socket_group: %w", err)
+		}
+		if err := os.Chown(g.cfg.Socket, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("nri-gateway: socket_group: %w", err)
+		}
+		mode = 0o660
+	}
+	if err := os.Chmod(g.cfg.Socket, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("nri-gateway: socket mode: %w", err)
+	}
+	return ln, nil
+}
+
+func lookupGroup(name string) (int, error) {
+	if id, err := strconv.Atoi(name); err == nil {
+		return id, nil
+	}
+	grp, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(grp.Gid)
+}
+
+// serve carries one authenticated plugin: registration guard, then relay
+// to the downstream runtime.
+func (g *Gateway) serve(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	id, ok := pluginauth.IdentityOf(conn)
+	if !ok {
+		g.log.Error("connection without identity from the authenticating listener")
+		return
+	}
+	chk := &checker{g: g, id: id, subject: nripolicy.Subject{Role: id.Role, Fingerprint: id.Fingerprint(), Policy: g.policies[id.Role]}}
+	log := g.log.With("role", id.Role, "key_fingerprint", id.Fingerprint())
+	rc, req, err := relay.Accept(ctx, conn, chk, time.Duration(g.cfg.RegistrationTimeout), log)
+	if err != nil {
+		log.Warn("plugin dropped before registration", "reason", err)
+		return
+	}
+	name := req.PluginIdx + "-" + req.PluginName
+	defer g.registry.release(name, chk)
+	runtime, err := net.Dial("unix", g.private)
+	if err != nil {
+		log.Error("cannot reach the downstream runtime", "err", err)
+		return
+	}
+	log.Info("plugin registered", "plugin", name)
+	if err := rc.Run(ctx, runtime); err != nil {
+		log.Warn("plugin connection ended", "plugin", name, "reason", err)
+		return
+	}
+	log.Info("plugin disconnected", "plugin", name)
+}
+
+// checker applies one plugin's identity and role to what it sends.
+type checker struct {
+	g       *Gateway
+	id      *pluginauth.Identity
+	subject nripolicy.Subject
+}
+
+func (c *checker) Register(ctx context.Context, req *api.RegisterPluginRequest) error {
+	name := req.PluginIdx + "-" + req.PluginName
+	c.subject.Plugin = name
+	d := nripolicy.Decision{Subject: c.subject, Event: "register", Field: "Registration", Key: name}
+	switch {
+	case !c.id.MayRegister(req.PluginName, req.PluginIdx):
+		d.Reason = fmt.Sprintf("key may not register as %s (it authenticated as %s-%s; its role allows names %v, indices %v)",
+			name, c.id.Index, c.id.Name, c.g.roleNames(c.id.Role), c.g.roleIndices(c.id.Role))
+	case c.subject.Policy == nil:
+		d.Reason = fmt.Sprintf("role %q has no policy", c.id.Role)
+	default:
+		if err := c.g.registry.claim(name, c); err != nil {
+			d.Reason = err.Error()
+		} else {
+			d.Allowed, d.Reason = true, "registration allowed"
+		}
+	}
+	c.g.audit.Record(ctx, d)
+	if !d.Allowed {
+		return errors.New(d.Reason)
+	}
+	return nil
+}
+
+func (c *checker) Updates(ctx context.Context, event string, updates []*api.ContainerUpdate) error {
+	return c.g.validator.CheckUpdates(ctx, c.subject, event, updates)
+}
+
+func (g *Gateway) roleNames(role string) []string {
+	for _, r := range g.cfg.Roles {
+		if r.Role == role {
+			return r.Names
+		}
+	}
+	return nil
+}
+
+func (g *Gateway) roleIndices(role string) []string {
+	for _, r := range g.cfg.Roles {
+		if r.Role == role {
+			return r.Indices
+		}
+	}
+	return nil
+}
+
+// registry maps registered plugin names to the connection holding them.
+type registry struct {
+	mu    sync.Mutex
+	names map[string]*checker
+}
+
+func newRegistry() *registry { return &registry{names: map[string]*checker{}} }
+
+func (r *registry) claim(name string, c *checker) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if other, taken := r.names[name]; taken && other != c {
+		return fmt.Errorf("plugin name %s is in use by another connection (key %s)", name, other.subject.Fingerprint)
+	}
+	r.names[name] = c
+	return nil
+}
+
+func (r *registry) release(name string, c *checker) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.names[name] == c {
+		delete(r.names, name)
+	}
+}
+
+// Lookup implements nripolicy.Roles.
+func (r *registry) Lookup(name string) (nripolicy.Subject, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.names[name]
+	if !ok {
+		return nripolicy.Subject{}, false
+	}
+	return c.subject, true
+}
+
+// syncPlugin synchronizes a newly connected downstream plugin with the
+// runtime's state as the gateway last saw it. Updates the plugin returns
+// were checked by the relay; they go upstream.
+func (g *Gateway) syncPlugin(ctx context.Context, cb adaptation.SyncCB) error {
+	pods, ctrs := g.up.state.snapshot()
+	updates, err := cb(ctx, pods, ctrs)
+	if err != nil {
+		return err
+	}
+	if len(updates) > 0 {
+		if _, err := g.updateUpstream(ctx, updates); err != nil {
+			g.log.Warn("updates from a plugin's synchronization failed upstream", "err", err)
+		}
+	}
+	return nil
+}
+
+// updateUpstream sends downstream plugins' unsolicited updates, already
+// checked by the relay, to the runtime.
+func (g *Gateway) updateUpstream(_ context.Context, updates []*api.ContainerUpdate) ([]*api.ContainerUpdate, error) {
+	g.mu.Lock()
+	s := g.stub
+	g.mu.Unlock()
+	if s == nil {
+		return updates, errors.New("nri-gateway: not connected to the runtime")
+	}
+	return s.UpdateContainers(updates)
+}
+
+// upstreamLoop keeps one connection to the runtime, reconnecting with
+// exponential backoff; the runtime resynchronizes the gateway on each
+// connection.
+func (g *Gateway) upstreamLoop(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	maxBackoff := time.Duration(g.cfg.ReconnectMaxBackoff)
+	for ctx.Err() == nil {
+		closed := make(chan struct{})
+		var once sync.Once
+		opts := []stub.Option{
+			stub.WithPluginName(g.cfg.PluginName),
+			stub.WithPluginIdx(g.cfg.PluginIndex),
+			stub.WithSocketPath(g.cfg.UpstreamSocket),
+			stub.WithOnClose(func() { once.Do(func() { close(closed) }) }),
+		}
+		var plugin any = g.up
+		if !g.cfg.ValidateUpstream {
+			plugin = nonValidating{g.up}
+		}
+		s, err := stub.New(plugin, opts...)
+		if err == nil {
+			err = s.Start(ctx)
+		}
+		if err != nil {
+			g.log.Warn("cannot connect to the runtime's NRI socket; retrying", "socket", g.cfg.UpstreamSocket, "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		g.mu.Lock()
+		g.stub = s
+		g.mu.Unlock()
+		select {
+		case <-closed:
+			g.log.Warn("lost the runtime's NRI connection; reconnecting")
+		case <-ctx.Done():
+		}
+		g.mu.Lock()
+		g.stub = nil
+		g.mu.Unlock()
+		s.Stop()
+	}
+}
+
+// nonValidating hides upstream's validator method, for runtimes or setups
+// where the gateway should not validate upstream.
+type nonValidating struct{ *upstream }
+
+// ValidateContainerAdjustment shadows the embedded method so that the stub
+// does not subscribe the gateway as a validator.
+func (nonValidating) ValidateContainerAdjustment() {}
+
+// matchAllowed reports whether plugin matches an allow-list glob.
+func matchAllowed(globs []string, plugin string) bool {
+	return slices.ContainsFunc(globs, func(g string) bool {
+		ok, _ := path.Match(g, plugin)
+		return ok
+	})
+}

@@ -1,0 +1,581 @@
+package nrigate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/nri/pkg/adaptation"
+	"github.com/containerd/nri/pkg/api"
+	"github.com/containerd/nri/pkg/stub"
+
+	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/nrigate/nrilog"
+	"github.com/trustgate/trustgate/nripolicy"
+	"github.com/trustgate/trustgate/pluginauth"
+	"github.com/trustgate/trustgate/seccomp"
+)
+
+// lockedBuffer is a log sink safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) records() []map[string]any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(b.buf.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// standIn is an in-process containerd: NRI's adaptation on the upstream
+// socket, as containerd builds it.
+type standIn struct {
+	*adaptation.Adaptation
+	socket string
+	mu     sync.Mutex
+	pods   []*api.PodSandbox
+	ctrs   []*api.Container
+	upd    []*api.ContainerUpdate
+}
+
+func newStandIn(t testing.TB, dir string) *standIn {
+	t.Helper()
+	s := &standIn{socket: filepath.Join(dir, "containerd-nri.sock"),
+		pods: []*api.PodSandbox{{Id: "pod0", Name: "web", Namespace: "prod", Uid: "u0"}}}
+	sync := func(ctx context.Context, cb adaptation.SyncCB) error {
+		s.mu.Lock()
+		pods, ctrs := s.pods, s.ctrs
+		s.mu.Unlock()
+		_, err := cb(ctx, pods, ctrs)
+		return err
+	}
+	update := func(_ context.Context, u []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
+		s.mu.Lock()
+		s.upd = append(s.upd, u...)
+		s.mu.Unlock()
+		return nil, nil
+	}
+	a, err := adaptation.New("containerd", "2.1.0", sync, update,
+		adaptation.WithPluginPath(filepath.Join(dir, "none")), adaptation.WithPluginConfigPath(filepath.Join(dir, "none")),
+		adaptation.WithSocketPath(s.socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Stop)
+	s.Adaptation = a
+	return s
+}
+
+var seq struct {
+	sync.Mutex
+	n int
+}
+
+func nextID() string {
+	seq.Lock()
+	defer seq.Unlock()
+	seq.n++
+	return fmt.Sprintf("ctr%d", seq.n)
+}
+
+// create creates a container the way containerd would ask NRI, with a
+// runtime-default seccomp profile.
+func (s *standIn) create(ctx context.Context) (*api.CreateContainerResponse, error) {
+	return s.CreateContainer(ctx, &api.CreateContainerRequest{
+		Pod: &api.PodSandbox{Id: "pod0", Name: "web", Namespace: "prod", Uid: "u0"},
+		Container: &api.Container{Id: nextID(), PodSandboxId: "pod0", Name: "app", State: api.ContainerState_CONTAINER_CREATED,
+			Linux: &api.LinuxContainer{
+				SeccompProfile: &api.SecurityProfile{ProfileType: api.SecurityProfile_RUNTIME_DEFAULT},
+				SeccompPolicy:  baseSeccomp(),
+			}},
+	})
+}
+
+func baseSeccomp() *api.LinuxSeccomp {
+	return &api.LinuxSeccomp{DefaultAction: "SCMP_ACT_ERRNO", Architectures: []string{"SCMP_ARCH_X86_64"},
+		Syscalls: []*api.LinuxSyscall{{Names: []string{"read", "write", "ptrace"}, Action: "SCMP_ACT_ALLOW"}}}
+}
+
+func seccompWith(names ...string) *api.LinuxSeccomp {
+	s := baseSeccomp()
+	s.Syscalls[0].Names = names
+	return s
+}
+
+// env is a stand-in runtime with a gateway in front of it.
+type env struct {
+	t       testing.TB
+	dir     string
+	rt      *standIn
+	cfg     Config
+	logs    *lockedBuffer
+	cancel  context.CancelFunc
+	done    chan error
+	keys    map[string]*pluginauth.PrivateKey
+	plugins []*testPlugin
+}
+
+func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	e := &env{t: t, dir: dir, rt: newStandIn(t, dir), logs: &lockedBuffer{}, keys: map[string]*pluginauth.PrivateKey{}}
+	for _, name := range []string{"injector", "security", "trusted", "resources"} {
+		k, err := pluginauth.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.keys[name] = k
+	}
+	c := DefaultConfig()
+	c.UpstreamSocket = e.rt.socket
+	c.Socket = filepath.Join(dir, "gw.sock")
+	c.StateDir = filepath.Join(dir, "state")
+	c.RequestTimeout = pluginauth.Duration(2 * time.Second)
+	c.HandshakeTimeout = pluginauth.Duration(500 * time.Millisecond)
+	role := func(name, plugin, idx string, p nripolicy.Policy) Role {
+		return Role{RoleConfig: pluginauth.RoleConfig{Role: name, Keys: []string{e.keys[name].Public().String()},
+			Names: []string{plugin}, Indices: []string{idx}}, Policy: p}
+	}
+	c.Roles = []Role{
+		role("injector", "injector", "20", nripolicy.Policy{Env: nripolicy.Globs{"INJECTED_*"}}),
+		role("security", "security", "30", nripolicy.Policy{Seccomp: seccomp.Policy{Mode: seccomp.ModeTightenOnly}}),
+		role("trusted", "trusted", "40", nripolicy.AllowAll()),
+		role("resources", "resources", "50", nripolicy.Policy{Resources: nripolicy.ResourcePolicy{CPU: true}}),
+	}
+	if mutate != nil {
+		mutate(e, &c)
+	}
+	e.cfg = c
+	e.start()
+	return e
+}
+
+func (e *env) start() {
+	e.t.Helper()
+	log := slog.New(slog.NewJSONHandler(e.logs, nil))
+	g, err := New(e.cfg, log, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel, e.done = cancel, make(chan error, 1)
+	go func() { e.done <- g.Run(ctx) }()
+	// The socket file exists between bind and listen; the log record
+	// comes after both.
+	eventually(e.t, "gateway to accept plugins", func() error {
+		for _, r := range e.logs.records() {
+			if r["msg"] == "accepting plugins" {
+				return nil
+			}
+		}
+		return errors.New("not yet")
+	})
+	e.t.Cleanup(e.stop)
+}
+
+func (e *env) stop() {
+	if e.cancel == nil {
+		return
+	}
+	e.cancel()
+	select {
+	case err := <-e.done:
+		if err != nil {
+			e.t.Errorf("gateway: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		e.t.Error("gateway did not stop")
+	}
+	e.cancel = nil
+}
+
+// testPlugin is a real NRI stub plugin that adjusts created containers.
+type testPlugin struct {
+	stub.Stub
+	mu     sync.Mutex
+	adjust func(*api.ContainerAdjustment)
+	closed chan struct{}
+}
+
+func (p *testPlugin) CreateContainer(_ context.Context, _ *api.PodSandbox, _ *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
+	adj := &api.ContainerAdjustment{}
+	p.mu.Lock()
+	if p.adjust != nil {
+		p.adjust(adj)
+	}
+	p.mu.Unlock()
+	return adj, nil, nil
+}
+
+// connect dials the gateway, authenticates with key (nil: no key) as
+// idx-name, and registers the same way.
+func (e *env) connect(key *pluginauth.PrivateKey, idx, name string, adjust func(*api.ContainerAdjustment)) (*testPlugin, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pluginauth.Dial(ctx, e.cfg.Socket, key, name, idx)
+	if err != nil {
+		return nil, err
+	}
+	p := &testPlugin{adjust: adjust, closed: make(chan struct{})}
+	s, err := stub.New(p, stub.WithPluginName(name), stub.WithPluginIdx(idx), stub.WithConnection(conn),
+		stub.WithOnClose(func() { close(p.closed) }))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	p.Stub = s
+	if err := s.Start(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	e.t.Cleanup(s.Stop)
+	return p, nil
+}
+
+// eventually retries cond until it returns nil, or fails the test.
+func eventually(t testing.TB, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func envOf(rsp *api.CreateContainerResponse) map[string]string {
+	out := map[string]string{}
+	for _, kv := range rsp.GetAdjust().GetEnv() {
+		out[kv.Key] = kv.Value
+	}
+	return out
+}
+
+func TestAllowedAdjustmentApplies(t *testing.T) {
+	e := newEnv(t, nil)
+	if _, err := e.connect(e.keys["injector"], "20", "injector", func(a *api.ContainerAdjustment) { a.AddEnv("INJECTED_ID", "spiffe://td/x") }); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "adjustment through the gateway", func() error {
+		rsp, err := e.rt.create(context.Background())
+		if err != nil {
+			return err
+		}
+		if envOf(rsp)["INJECTED_ID"] != "spiffe://td/x" {
+			return fmt.Errorf("env %v", envOf(rsp))
+		}
+		return nil
+	})
+}
+
+func TestDisallowedAdjustmentIsRejectedWithReason(t *testing.T) {
+	e := newEnv(t, nil)
+	if _, err := e.connect(e.keys["injector"], "20", "injector", func(a *api.ContainerAdjustment) { a.AddEnv("LD_PRELOAD", "/evil.so") }); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "rejection", func() error {
+		_, err := e.rt.create(context.Background())
+		if err == nil || !strings.Contains(err.Error(), `environment variable "LD_PRELOAD"`) {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+}
+
+func TestKeylessPlugin(t *testing.T) {
+	t.Run("refused when authentication is required", func(t *testing.T) {
+		e := newEnv(t, nil)
+		_, err := e.connect(nil, "60", "anon", nil)
+		if err == nil || !errors.Is(err, pluginauth.ErrAuthenticationRequired) {
+			t.Fatalf("keyless plugin: %v", err)
+		}
+	})
+	t.Run("default role when not required", func(t *testing.T) {
+		e := newEnv(t, func(e *env, c *Config) {
+			c.RequireAuthentication = false
+			c.Roles = append(c.Roles, Role{RoleConfig: pluginauth.RoleConfig{Role: "default", Names: []string{"anon"}, Indices: []string{"6?"}},
+				Policy: nripolicy.Policy{Env: nripolicy.Globs{"ANON_*"}}})
+		})
+		if _, err := e.connect(nil, "60", "anon", func(a *api.ContainerAdjustment) { a.AddEnv("ANON_OK", "1") }); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "default role adjustment", func() error {
+			rsp, err := e.rt.create(context.Background())
+			if err != nil || envOf(rsp)["ANON_OK"] != "1" {
+				return fmt.Errorf("%v %v", envOf(rsp), err)
+			}
+			return nil
+		})
+	})
+}
+
+func TestKeyClaimingAnotherPluginsNameIsRefused(t *testing.T) {
+	e := newEnv(t, nil)
+	// Claimed in the handshake: refused there.
+	if _, err := e.connect(e.keys["injector"], "40", "trusted", nil); !errors.Is(err, pluginauth.ErrNameNotAllowed) {
+		t.Fatalf("handshake claim of another role's name: %v", err)
+	}
+	// Honest in the handshake, then registering as another role's plugin:
+	// cut by the registration guard before NRI registration completes.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := pluginauth.Dial(ctx, e.cfg.Socket, e.keys["injector"], "injector", "20")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := stub.New(&testPlugin{}, stub.WithPluginName("trusted"), stub.WithPluginIdx("40"), stub.WithConnection(conn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx); err == nil {
+		s.Stop()
+		t.Fatal("registration under another role's name succeeded")
+	}
+	eventually(t, "audit record of the refused registration", func() error {
+		for _, r := range e.logs.records() {
+			if r["audit"] == "nri" && r["event"] == "register" && r["verdict"] == "deny" && r["key"] == "40-trusted" && r["role"] == "injector" {
+				return nil
+			}
+		}
+		return errors.New("no deny record")
+	})
+}
+
+func TestSeccompTightenOnlyVersusAny(t *testing.T) {
+	e := newEnv(t, nil)
+	loosen := func(a *api.ContainerAdjustment) {
+		a.SetLinuxSeccompPolicy(seccompWith("read", "write", "ptrace", "mount"))
+	}
+	p, err := e.connect(e.keys["security"], "30", "security", loosen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "tighten-only rejects a loosening", func() error {
+		_, err := e.rt.create(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "mount") || !strings.Contains(err.Error(), "30-security") {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+	var audited bool
+	for _, r := range e.logs.records() {
+		if r["verdict"] == "deny" && r["field"] == "SeccompPolicy" && strings.Contains(fmt.Sprint(r["reason"]), "mount") {
+			audited = true
+		}
+	}
+	if !audited {
+		t.Fatal("no audit record with the seccomp reason")
+	}
+	// A tightening by the same role passes.
+	p.mu.Lock()
+	p.adjust = func(a *api.ContainerAdjustment) { a.SetLinuxSeccompPolicy(seccompWith("read", "write")) }
+	p.mu.Unlock()
+	if _, err := e.rt.create(context.Background()); err != nil {
+		t.Fatalf("tightening rejected: %v", err)
+	}
+	p.Stop()
+	// The same loosening by an "any" role passes.
+	if _, err := e.connect(e.keys["trusted"], "40", "trusted", loosen); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "any role's loosening applies", func() error {
+		rsp, err := e.rt.create(context.Background())
+		if err != nil {
+			return err
+		}
+		if rsp.GetAdjust().GetLinux().GetSeccompPolicy() == nil {
+			return errors.New("no seccomp adjustment yet")
+		}
+		return nil
+	})
+}
+
+func TestUnsolicitedUpdatePolicy(t *testing.T) {
+	e := newEnv(t, nil)
+	p, err := e.connect(e.keys["resources"], "50", "resources", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu := []*api.ContainerUpdate{{ContainerId: "ctr1", Linux: &api.LinuxContainerUpdate{Resources: &api.LinuxResources{Cpu: &api.LinuxCPU{Shares: api.UInt64(256)}}}}}
+	if _, err := p.UpdateContainers(cpu); err != nil {
+		t.Fatalf("allowed update: %v", err)
+	}
+	mem := []*api.ContainerUpdate{{ContainerId: "ctr1", Linux: &api.LinuxContainerUpdate{Resources: &api.LinuxResources{Memory: &api.LinuxMemory{Limit: api.Int64(1 << 20)}}}}}
+	_, err = p.UpdateContainers(mem)
+	if err == nil || !strings.Contains(err.Error(), "memory resources") {
+		t.Fatalf("disallowed update: %v", err)
+	}
+	e.rt.mu.Lock()
+	defer e.rt.mu.Unlock()
+	if len(e.rt.upd) != 1 || e.rt.upd[0].GetLinux().GetResources().GetCpu() == nil {
+		t.Fatalf("runtime received %v", e.rt.upd)
+	}
+}
+
+func TestStalledHandshakeDoesNotDelayOthers(t *testing.T) {
+	e := newEnv(t, func(_ *env, c *Config) { c.HandshakeTimeout = pluginauth.Duration(3 * time.Second) })
+	if _, err := e.connect(e.keys["injector"], "20", "injector", func(a *api.ContainerAdjustment) { a.AddEnv("INJECTED_X", "1") }); err != nil {
+		t.Fatal(err)
+	}
+	// Several peers connect and say nothing.
+	for range 4 {
+		c, err := net.Dial("unix", e.cfg.Socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	start := time.Now()
+	if _, err := e.connect(e.keys["trusted"], "40", "trusted", nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "container creation with stalled peers around", func() error {
+		rsp, err := e.rt.create(context.Background())
+		if err != nil || envOf(rsp)["INJECTED_X"] != "1" {
+			return fmt.Errorf("%v %v", envOf(rsp), err)
+		}
+		return nil
+	})
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("a plugin connected and a container was created only after %v, while stalled handshakes wait for 3s", d)
+	}
+}
+
+func TestBypassingTheGatewayIsRejectedUpstream(t *testing.T) {
+	e := newEnv(t, nil)
+	// A plugin dials the runtime directly, skipping authentication.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p := &testPlugin{adjust: func(a *api.ContainerAdjustment) { a.AddEnv("SNEAKY", "1") }}
+	s, err := stub.New(p, stub.WithPluginName("sneaky"), stub.WithPluginIdx("05"), stub.WithSocketPath(e.rt.socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	eventually(t, "upstream rejection of the bypassing plugin", func() error {
+		_, err := e.rt.create(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "05-sneaky") {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+}
+
+func TestGatewayRestartKeepsPolicing(t *testing.T) {
+	e := newEnv(t, nil)
+	connectLoop := func(ctx context.Context, key *pluginauth.PrivateKey, idx, name string, adjust func(*api.ContainerAdjustment)) {
+		for ctx.Err() == nil {
+			p, err := e.connect(key, idx, name, adjust)
+			if err != nil {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			select {
+			case <-p.closed:
+			case <-ctx.Done():
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go connectLoop(ctx, e.keys["injector"], "20", "injector", func(a *api.ContainerAdjustment) { a.AddEnv("INJECTED_R", "1") })
+	go connectLoop(ctx, e.keys["security"], "30", "security", func(a *api.ContainerAdjustment) {
+		a.SetLinuxSeccompPolicy(seccompWith("read", "write", "ptrace", "mount"))
+	})
+	check := func() error {
+		_, err := e.rt.create(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "mount") {
+			return fmt.Errorf("loosening not rejected: %v", err)
+		}
+		return nil
+	}
+	eventually(t, "policing before restart", check)
+	e.stop()
+	e.logs = &lockedBuffer{}
+	e.start()
+	eventually(t, "policing after restart", check)
+	for _, r := range e.logs.records() {
+		if r["msg"] == "plugin registered" && r["role"] == "security" {
+			return
+		}
+	}
+	t.Fatal("the plugin did not reconnect to the restarted gateway")
+}
+
+func TestConfig(t *testing.T) {
+	c := DefaultConfig()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("default config: %v", err)
+	}
+	c.Socket = "relative.sock"
+	c.PluginIndex = "7"
+	c.DefaultValidator = &nripolicy.DefaultValidatorConfig{Enable: true}
+	c.Roles = []Role{{RoleConfig: pluginauth.RoleConfig{Role: "default", Names: []string{"*"}, Indices: []string{"*"}},
+		Policy: nripolicy.Policy{Env: nripolicy.Globs{"[x"}}}}
+	err := c.Validate()
+	for _, want := range []string{"socket = \"relative.sock\"", "plugin_index", "both [default_validator]", "policy.env"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q in %v", want, err)
+		}
+	}
+}
+
+func TestMain(m *testing.M) {
+	// NRI's logger is process-wide: install it before any NRI goroutine
+	// starts.
+	nrilog.Install(slog.New(slog.DiscardHandler))
+	os.Exit(m.Run())
+}
+
+func TestShippedExampleConfigIsValid(t *testing.T) {
+	c := DefaultConfig()
+	if err := config.LoadFile(filepath.Join("..", "examples", "nri-gateway.toml"), &c); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Roles) != 3 || c.Roles[1].Policy.Seccomp.Mode != seccomp.ModeTightenOnly || !c.Roles[0].Policy.Mounts.ReadOnly {
+		t.Fatalf("example decoded as %+v", c.Roles)
+	}
+	var d Config
+	if err := config.Decode([]byte(DefaultConfigTOML()), &d); err != nil {
+		t.Fatal(err)
+	}
+}
