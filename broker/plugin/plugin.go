@@ -107,3 +107,12 @@ func (e *Error) Error() string { return fmt.Sprintf("%d: %s", e.Status, e.Detail
 func Errorf(status int, format string, args ...any) error {
 	return &Error{Status: status, Detail: fmt.Sprintf(format, args...)}
 }
+
+// Decider is an optional interface for a plugin whose access and encryption
+// depend on more than the method, as Trustee's ValidateAuth and
+// NeedsEncryption see the whole request. When a plugin implements it, the
+// broker calls Decide, with req.Caller still empty, instead of Access and
+// Encrypt.
+type Decider interface {
+	Decide(ctx context.Context, req *Request) (access Access, encrypt bool, err error)
+}
