@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -196,8 +197,19 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. Plugin paths go straight to the
+// plugin router, before ServeMux could redirect a path with "." or ".."
+// segments to a cleaned one: such paths are refused, not rewritten.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/kbs/v0/"); ok {
+		name, _, _ := strings.Cut(rest, "/")
+		if !slices.Contains(ReservedNames, name) {
+			s.servePlugin(w, r)
+			return
+		}
+	}
+	s.mux.ServeHTTP(w, r)
+}
 
 // Run runs the background tasks until ctx ends: the expired-session sweeper
 // and signing key rotation. It returns when both have stopped.
