@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -211,8 +212,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
-// Run runs the background tasks until ctx ends: the expired-session sweeper
-// and signing key rotation. It returns when both have stopped.
+// Run runs the background tasks until ctx ends: the expired-session sweeper,
+// the resource policy refresh (for updates by other replicas) and signing
+// key rotation. It returns when they have stopped, after closing plugins
+// that are io.Closers.
 func (s *Server) Run(ctx context.Context) {
 	done := make(chan struct{})
 	go func() { defer close(done); s.opts.Tokens.Run(ctx) }()
@@ -222,6 +225,13 @@ func (s *Server) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			<-done
+			for _, p := range s.plugins {
+				if c, ok := p.(io.Closer); ok {
+					if err := c.Close(); err != nil {
+						s.log.Warn("close plugin", "plugin", p.Name(), "err", err)
+					}
+				}
+			}
 			return
 		case <-t.C:
 			s.sweep(ctx)

@@ -231,4 +231,3 @@ func FuzzFromPB(f *testing.F) {
 		}
 	})
 }
-
