@@ -60,7 +60,8 @@ type Request struct {
 	Caller Caller
 }
 
-// Caller is an authenticated caller.
+// Caller is an authenticated caller. The broker shares one Caller's slices
+// and maps between the requests of one token: plugins must not modify them.
 type Caller struct {
 	// Admin is true for a caller with an admin token; the other fields
 	// are then empty but Subject.
