@@ -15,16 +15,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustgate/trustgate/attest"
+	"github.com/trustgate/trustgate/broker/plugin"
+	"github.com/trustgate/trustgate/policy"
 	"github.com/trustgate/trustgate/store"
 	"github.com/trustgate/trustgate/token"
 )
@@ -60,6 +65,22 @@ type Options struct {
 	RateLimit RateLimit
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+
+	// Plugins serve /kbs/v0/<name>/... (package plugin). Their names must
+	// be valid path segments and not in ReservedNames.
+	Plugins []plugin.Plugin
+	// Policy decides attested callers' plugin requests; nil means a policy
+	// engine over Store with the deny-all default.
+	Policy *policy.Engine
+	// MaxBodyBytes bounds a plugin request body (default 1 MiB).
+	MaxBodyBytes int64
+	// TokenCacheSize bounds the verified attestation tokens remembered
+	// (default 65536; negative disables the cache).
+	TokenCacheSize int
+	// Metrics registers the broker's collectors when not nil.
+	Metrics prometheus.Registerer
+	// Audit receives one record per plugin request (default Log).
+	Audit *slog.Logger
 }
 
 // Server is the broker's HTTP API.
@@ -73,6 +94,11 @@ type Server struct {
 	limit         *limiter
 	now           func() time.Time
 	serverID      string
+	plugins       map[string]plugin.Plugin
+	policy        *policy.Engine
+	maxBody       int64
+	tokens        *tokenCache
+	audit         *auditor
 }
 
 // New returns a broker serving opts.
@@ -123,6 +149,37 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("broker: no attestor")
 	}
 	slices.Sort(s.attestorNames)
+	if err := s.registerPlugins(opts.Plugins); err != nil {
+		return nil, err
+	}
+	s.policy = opts.Policy
+	if s.policy == nil {
+		pe, err := policy.New(context.Background(), policy.Options{Store: opts.Store.Policies(), Log: opts.Log})
+		if err != nil {
+			return nil, fmt.Errorf("broker: %w", err)
+		}
+		s.policy = pe
+	}
+	s.maxBody = opts.MaxBodyBytes
+	if s.maxBody <= 0 {
+		s.maxBody = DefaultMaxBodyBytes
+	}
+	switch {
+	case opts.TokenCacheSize == 0:
+		s.tokens = newTokenCache(1 << 16)
+	default:
+		s.tokens = newTokenCache(opts.TokenCacheSize)
+	}
+	if opts.Audit == nil {
+		opts.Audit = opts.Log
+	}
+	names := make(map[string]bool, len(s.plugins))
+	for n := range s.plugins {
+		names[n] = true
+	}
+	if s.audit, err = newAuditor(opts.Audit, opts.Metrics, names); err != nil {
+		return nil, err
+	}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.auth))
 	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.attest))
@@ -132,17 +189,33 @@ func New(opts Options) (*Server, error) {
 	s.mux.Handle("GET /admin/v1/entries/{id}", s.admin(s.getEntry))
 	s.mux.Handle("DELETE /admin/v1/entries/{id}", s.admin(s.deleteEntry))
 	s.mux.Handle("POST /admin/v1/join-tokens", s.admin(s.createJoinToken))
+	s.mux.Handle("POST /kbs/v0/resource-policy", s.admin(s.setPolicy))
+	s.mux.Handle("GET /kbs/v0/resource-policy", s.admin(s.getPolicy))
+	s.mux.HandleFunc("/kbs/v0/", s.servePlugin)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, ProblemInvalidPath, fmt.Sprintf("Request path %s is invalid", r.URL.Path))
 	})
 	return s, nil
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. Plugin paths go straight to the
+// plugin router, before ServeMux could redirect a path with "." or ".."
+// segments to a cleaned one: such paths are refused, not rewritten.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/kbs/v0/"); ok {
+		name, _, _ := strings.Cut(rest, "/")
+		if !slices.Contains(ReservedNames, name) {
+			s.servePlugin(w, r)
+			return
+		}
+	}
+	s.mux.ServeHTTP(w, r)
+}
 
-// Run runs the background tasks until ctx ends: the expired-session sweeper
-// and signing key rotation. It returns when both have stopped.
+// Run runs the background tasks until ctx ends: the expired-session sweeper,
+// the resource policy refresh (for updates by other replicas) and signing
+// key rotation. It returns when they have stopped, after closing plugins
+// that are io.Closers.
 func (s *Server) Run(ctx context.Context) {
 	done := make(chan struct{})
 	go func() { defer close(done); s.opts.Tokens.Run(ctx) }()
@@ -152,9 +225,17 @@ func (s *Server) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			<-done
+			for _, p := range s.plugins {
+				if c, ok := p.(io.Closer); ok {
+					if err := c.Close(); err != nil {
+						s.log.Warn("close plugin", "plugin", p.Name(), "err", err)
+					}
+				}
+			}
 			return
 		case <-t.C:
 			s.sweep(ctx)
+			s.refreshPolicy(ctx)
 		}
 	}
 }
@@ -171,6 +252,15 @@ func (s *Server) sweep(ctx context.Context) {
 	}
 	if n > 0 {
 		s.log.Debug("swept expired sessions", "count", n)
+	}
+}
+
+// refreshPolicy picks up a policy another replica stored.
+func (s *Server) refreshPolicy(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, s.opts.SweepInterval)
+	defer cancel()
+	if err := s.policy.Refresh(rctx); err != nil {
+		s.log.Error("refresh resource policy", "err", err)
 	}
 }
 

@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/trustgate/trustgate/broker/plugin"
+	"github.com/trustgate/trustgate/broker/plugin/external"
 	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/pluginauth"
 )
 
 //go:embed default.toml
@@ -37,6 +42,37 @@ type Config struct {
 	Keys          KeysConfig      `toml:"keys"`
 	Admin         AdminConfig     `toml:"admin"`
 	Attestors     AttestorsConfig `toml:"attestors"`
+	Plugins       PluginsConfig   `toml:"plugins"`
+	Policy        PolicyConfig    `toml:"policy"`
+}
+
+// PluginsConfig configures /kbs/v0/<plugin>/... .
+type PluginsConfig struct {
+	// MaxBodyBytes bounds a plugin request body.
+	MaxBodyBytes int64 `toml:"max_body_bytes"`
+	// External plugins, each a gRPC KbsPlugin server.
+	External []ExternalPluginConfig `toml:"external"`
+}
+
+// ExternalPluginConfig is one external plugin (package
+// broker/plugin/external).
+type ExternalPluginConfig struct {
+	// Name is its path segment under /kbs/v0/.
+	Name string `toml:"name"`
+	// Address is "unix:///path.sock" or "tcp://host:port".
+	Address string `toml:"address"`
+	// PublicKey is the plugin's pluginauth X25519 public key (base64);
+	// required for unix sockets.
+	PublicKey string `toml:"public_key"`
+	// Timeout bounds each call to the plugin.
+	Timeout Duration `toml:"timeout"`
+}
+
+// PolicyConfig configures the resource policy.
+type PolicyConfig struct {
+	// Default is the policy in force until an admin sets one: "deny-all",
+	// or "sample-dev" (the sample TEE may GET resources; for --dev only).
+	Default string `toml:"default"`
 }
 
 // StoreConfig selects and configures the persistent store.
@@ -187,6 +223,41 @@ func (c *Config) Validate() error {
 	}
 	if c.Attestors.JoinToken.Enabled {
 		positive("attestors.join_token.max_ttl", c.Attestors.JoinToken.MaxTTL)
+	}
+	if c.Plugins.MaxBodyBytes < 1 {
+		p.Addf("plugins.max_body_bytes = %d: want a positive size in bytes, such as 1048576", c.Plugins.MaxBodyBytes)
+	}
+	seen := map[string]bool{}
+	for i, e := range c.Plugins.External {
+		where := fmt.Sprintf("plugins.external[%d] (%q)", i, e.Name)
+		switch {
+		case !plugin.ValidSegment(e.Name):
+			p.Addf("%s: name must match [a-zA-Z0-9_-][a-zA-Z0-9_.-]*", where)
+		case slices.Contains(ReservedNames, e.Name) || slices.Contains(BuiltinPluginNames, e.Name):
+			p.Addf("%s: name is taken by the broker (%s, %s)", where, strings.Join(ReservedNames, ", "), strings.Join(BuiltinPluginNames, ", "))
+		case seen[e.Name]:
+			p.Addf("%s: two external plugins have this name", where)
+		}
+		seen[e.Name] = true
+		network, _, err := external.ParseAddress(e.Address)
+		if err != nil {
+			p.Addf("%s: %v", where, err)
+		}
+		if e.PublicKey != "" {
+			if _, err := pluginauth.ParsePublicKey(e.PublicKey); err != nil {
+				p.Addf("%s: public_key: %v", where, err)
+			}
+		} else if network == "unix" {
+			p.Addf("%s: a unix socket plugin needs public_key (the plugin's pluginauth key; see trustgate keygen)", where)
+		}
+		if e.Timeout.Duration < 0 {
+			p.Addf("%s: timeout must not be negative", where)
+		}
+	}
+	switch c.Policy.Default {
+	case "deny-all", "sample-dev":
+	default:
+		p.Addf("policy.default = %q: want \"deny-all\" or \"sample-dev\"", c.Policy.Default)
 	}
 	return p.Err()
 }

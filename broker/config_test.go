@@ -44,3 +44,31 @@ func TestBadDuration(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestConfigPlugins(t *testing.T) {
+	base := DefaultConfig()
+	if base.Plugins.MaxBodyBytes != 1<<20 || base.Policy.Default != "deny-all" {
+		t.Fatalf("defaults: %+v %+v", base.Plugins, base.Policy)
+	}
+	for name, e := range map[string]ExternalPluginConfig{
+		"reserved":    {Name: "auth", Address: "tcp://127.0.0.1:1"},
+		"builtin":     {Name: "resource", Address: "tcp://127.0.0.1:1"},
+		"bad name":    {Name: "../x", Address: "tcp://127.0.0.1:1"},
+		"unix no key": {Name: "p", Address: "unix:///run/p.sock"},
+		"bad key":     {Name: "p", Address: "unix:///run/p.sock", PublicKey: "nope"},
+		"bad address": {Name: "p", Address: "http://x"},
+		"neg timeout": {Name: "p", Address: "tcp://127.0.0.1:1", Timeout: Duration{Duration: -1}},
+	} {
+		c := base
+		c.Plugins.External = []ExternalPluginConfig{e}
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), "plugins.external[0]") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	c := base
+	c.Policy.Default = "allow-all"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "policy.default") {
+		t.Errorf("policy.default: %v", err)
+	}
+}

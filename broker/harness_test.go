@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"log/slog"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -15,13 +16,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustgate/trustgate/attest"
 	"github.com/trustgate/trustgate/attest/jointoken"
 	"github.com/trustgate/trustgate/attest/sample"
 	"github.com/trustgate/trustgate/broker"
+	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/broker/rcartest"
+	"github.com/trustgate/trustgate/policy"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/store"
 	"github.com/trustgate/trustgate/store/sqlite"
@@ -39,6 +43,8 @@ func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); ret
 func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 type harness struct {
+	opts     broker.Options
+	sealer   *seal.Sealer
 	st       store.Store
 	srv      *broker.Server
 	http     *httptest.Server
@@ -51,6 +57,13 @@ type harness struct {
 type harnessOpts struct {
 	rate  broker.RateLimit
 	sweep time.Duration
+	// plugins builds plugins over the harness's store and sealer.
+	plugins func(st store.Store, sealer *seal.Sealer) []plugin.Plugin
+	maxBody int64
+	metrics prometheus.Registerer
+	audit   *slog.Logger
+	// policy, when set, is in force from the start.
+	policy string
 }
 
 func newHarness(t testing.TB, ho harnessOpts) *harness {
@@ -89,18 +102,29 @@ func newHarness(t testing.TB, ho harnessOpts) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := broker.New(broker.Options{
+	var plugins []plugin.Plugin
+	if ho.plugins != nil {
+		plugins = ho.plugins(st, sealer)
+	}
+	if ho.policy != "" {
+		if _, err := st.Policies().Put(ctx, policy.Name, ho.policy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := broker.Options{
+		Plugins: plugins, MaxBodyBytes: ho.maxBody, Metrics: ho.metrics, Audit: ho.audit,
 		Store: st, TrustDomain: td, Issuer: "https://trustgate.test",
 		Attestors: []attest.Attestor{smp, jointoken.New(st.JoinTokens(), td, c.Now, nil)},
 		Tokens:    tokens, Admin: admin, SessionTTL: time.Minute, TokenTTL: 5 * time.Minute,
 		RateLimit: ho.rate, SweepInterval: ho.sweep, Now: c.Now,
-	})
+	}
+	srv, err := broker.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	return &harness{st: st, srv: srv, http: hs, clock: c, adminKey: adminKey, dir: dir, sealKey: sealPath}
+	return &harness{opts: opts, sealer: sealer, st: st, srv: srv, http: hs, clock: c, adminKey: adminKey, dir: dir, sealKey: sealPath}
 }
 
 func (h *harness) client() *rcartest.Client {

@@ -345,7 +345,10 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("attested", "tee", sess.TEE, "spiffe_id", res.SPIFFEID, "peer", r.RemoteAddr, "session", sess.ID)
-	s.setCookie(w, r, sess)
+	// The session cookie now carries the token itself, so that clients
+	// that replay the cookie (Trustee's) are authenticated on plugin paths
+	// without a per-attestation store write, on any replica.
+	s.setCookie(w, r, store.Session{ID: tok, ExpiresAt: claims.Expiry.Time()})
 	writeJSON(w, http.StatusOK, map[string]string{"token": tok})
 }
 

@@ -14,11 +14,17 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustgate/trustgate/attest"
 	"github.com/trustgate/trustgate/attest/jointoken"
 	"github.com/trustgate/trustgate/attest/sample"
+	"github.com/trustgate/trustgate/broker/plugin"
+	"github.com/trustgate/trustgate/broker/plugin/external"
+	"github.com/trustgate/trustgate/broker/plugin/resource"
+	"github.com/trustgate/trustgate/pluginauth"
+	"github.com/trustgate/trustgate/policy"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/store"
 	"github.com/trustgate/trustgate/token"
@@ -27,7 +33,11 @@ import (
 // FromConfig builds a Server from a validated configuration: it loads the
 // seal key file, opens the token signing keys, loads the admin key and
 // builds the enabled attestors.
-func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logger) (*Server, error) {
+//
+// The broker's metrics are registered on reg when it is not nil. The
+// built-in resource plugin is always served; external plugins are
+// connected lazily, on first use.
+func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("trust_domain: %w", err)
@@ -52,7 +62,21 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	plugins, err := buildPlugins(cfg.Plugins, st, sealer, log)
+	if err != nil {
+		return nil, err
+	}
+	def := policy.DenyAll
+	if cfg.Policy.Default == "sample-dev" {
+		def = policy.SampleDev
+		log.Warn("the sample-dev resource policy is in force: callers attested by the sample TEE may read resources")
+	}
+	pol, err := policy.New(ctx, policy.Options{Store: st.Policies(), Default: def, Log: log})
+	if err != nil {
+		return nil, err
+	}
 	return New(Options{
+		Plugins: plugins, Policy: pol, MaxBodyBytes: cfg.Plugins.MaxBodyBytes, Metrics: reg,
 		Store: st, Log: log, TrustDomain: td, Issuer: cfg.Issuer,
 		Attestors: attestors, Tokens: tokens, Admin: admin,
 		SessionTTL: cfg.Session.TTL.Duration, TokenTTL: cfg.Token.TTL.Duration,
@@ -76,6 +100,30 @@ func buildAttestors(cfg AttestorsConfig, td spiffeid.TrustDomain, st store.Store
 	}
 	if cfg.JoinToken.Enabled {
 		out = append(out, jointoken.New(st.JoinTokens(), td, nil, log))
+	}
+	return out, nil
+}
+
+// buildPlugins builds the resource plugin and the configured external ones.
+func buildPlugins(cfg PluginsConfig, st store.Store, sealer *seal.Sealer, log *slog.Logger) ([]plugin.Plugin, error) {
+	rp, err := resource.New(resource.Options{Resources: st.Resources(), Sealer: sealer})
+	if err != nil {
+		return nil, err
+	}
+	out := []plugin.Plugin{rp}
+	for _, e := range cfg.External {
+		var key pluginauth.PublicKey
+		if e.PublicKey != "" {
+			if key, err = pluginauth.ParsePublicKey(e.PublicKey); err != nil {
+				return nil, fmt.Errorf("plugins.external %s: public_key: %w", e.Name, err)
+			}
+		}
+		p, err := external.New(external.Options{Name: e.Name, Address: e.Address, PublicKey: key, Timeout: e.Timeout.Duration,
+			Log: log.With("plugin", e.Name)})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

@@ -60,7 +60,8 @@ type Request struct {
 	Caller Caller
 }
 
-// Caller is an authenticated caller.
+// Caller is an authenticated caller. The broker shares one Caller's slices
+// and maps between the requests of one token: plugins must not modify them.
 type Caller struct {
 	// Admin is true for a caller with an admin token; the other fields
 	// are then empty but Subject.
@@ -106,4 +107,13 @@ func (e *Error) Error() string { return fmt.Sprintf("%d: %s", e.Status, e.Detail
 // Errorf returns an *Error with the given status.
 func Errorf(status int, format string, args ...any) error {
 	return &Error{Status: status, Detail: fmt.Sprintf(format, args...)}
+}
+
+// Decider is an optional interface for a plugin whose access and encryption
+// depend on more than the method, as Trustee's ValidateAuth and
+// NeedsEncryption see the whole request. When a plugin implements it, the
+// broker calls Decide, with req.Caller still empty, instead of Access and
+// Encrypt.
+type Decider interface {
+	Decide(ctx context.Context, req *Request) (access Access, encrypt bool, err error)
 }

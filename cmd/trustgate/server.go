@@ -87,11 +87,11 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				return err
 			}
 			defer st.Close()
-			srv, err := broker.FromConfig(ctx, cfg, st, log)
+			reg := telemetry.NewRegistry()
+			srv, err := broker.FromConfig(ctx, cfg, st, log, reg)
 			if err != nil {
 				return err
 			}
-			reg := telemetry.NewRegistry()
 			ln, err := net.Listen("tcp", cfg.Listen)
 			if err != nil {
 				return fmt.Errorf("listen: %w", err)
