@@ -100,8 +100,11 @@ func (p *Plugin) rotate(ctx context.Context, s series, now time.Time) ([]store.K
 	switch cur := current(live, now); {
 	case cur < 0:
 		// First start, or rotation stalled past the current key's end:
-		// nothing to overlap with, so the new key signs at once.
-		seq, notBefore = last+1, now.Add(-backdate)
+		// nothing to overlap with, so the new key signs at once. Its number
+		// counts terms since the epoch, so that replicas starting together
+		// pick the same one, and a key made after a stall never reuses the
+		// number of a spent one.
+		seq, notBefore = max(last, uint64(now.Unix()/int64(s.window/time.Second)))+1, now.Add(-backdate)
 	case now.Before(live[cur].NotBefore.Add(s.window / 2)):
 		return live, nil
 	default:
