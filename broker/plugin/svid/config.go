@@ -29,6 +29,10 @@ type Config struct {
 	// JWTKeyTTL is how long one JWT key signs. Its successor is published
 	// in the bundle half-way through its term.
 	JWTKeyTTL Duration `toml:"jwt_key_ttl"`
+	// EntryCacheTTL is how long registration entries are cached per SPIFFE
+	// ID, as SPIRE's server caches them: a deleted entry stops granting
+	// SVIDs at most this long after. "0s" reads the store on every request.
+	EntryCacheTTL Duration `toml:"entry_cache_ttl"`
 	// BundleRefreshHint is the refresh_hint of the served bundle: how often
 	// relying parties should fetch it again.
 	BundleRefreshHint Duration `toml:"bundle_refresh_hint"`
@@ -45,6 +49,7 @@ func DefaultConfig() Config {
 		RootTTL:           Duration{365 * 24 * time.Hour},
 		IntermediateTTL:   Duration{24 * time.Hour},
 		JWTKeyTTL:         Duration{24 * time.Hour},
+		EntryCacheTTL:     Duration{5 * time.Second},
 		BundleRefreshHint: Duration{5 * time.Minute},
 	}
 }
@@ -67,6 +72,9 @@ func (c *Config) Validate() error {
 	ok = positive("intermediate_ttl", c.IntermediateTTL) && ok
 	ok = positive("jwt_key_ttl", c.JWTKeyTTL) && ok
 	ok = positive("bundle_refresh_hint", c.BundleRefreshHint) && ok
+	if c.EntryCacheTTL.Duration < 0 || c.EntryCacheTTL.Duration > time.Minute {
+		p.Addf("entry_cache_ttl = %q: want 0s (off) to 1m", c.EntryCacheTTL)
+	}
 	if !ok {
 		return p.Err()
 	}

@@ -167,9 +167,9 @@ func (p *Plugin) grant(ctx context.Context, caller plugin.Caller, id spiffeid.ID
 	if id.String() == caller.SPIFFEID {
 		return store.Entry{}, nil
 	}
-	entries, err := p.store.Entries().List(ctx, store.EntryFilter{SPIFFEID: id.String()})
+	entries, err := p.entries.get(ctx, p.store.Entries(), id.String(), p.now())
 	if err != nil {
-		return store.Entry{}, fmt.Errorf("svid: list entries for %s: %w", id, err)
+		return store.Entry{}, err
 	}
 	parents := map[string]bool{caller.SPIFFEID: true}
 	for _, a := range caller.Aliases {

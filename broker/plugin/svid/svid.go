@@ -49,6 +49,7 @@ type Plugin struct {
 
 	rotateMu sync.Mutex // serialises Rotate
 	state    atomic.Pointer[state]
+	entries  *entryCache
 }
 
 var _ plugin.Plugin = (*Plugin)(nil)
@@ -72,7 +73,7 @@ func New(ctx context.Context, cfg Config, td spiffeid.TrustDomain, st store.Stor
 	if now == nil {
 		now = time.Now
 	}
-	p := &Plugin{cfg: cfg, td: td, store: st, sealer: sealer, log: log, now: now}
+	p := &Plugin{cfg: cfg, td: td, store: st, sealer: sealer, log: log, now: now, entries: &entryCache{ttl: cfg.EntryCacheTTL.Duration}}
 	if err := p.Rotate(ctx); err != nil {
 		return nil, err
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/broker/plugin/svid"
+	"github.com/trustgate/trustgate/store"
 )
 
 func TestX509SVIDFromCSRVerifiesWithGoSPIFFE(t *testing.T) {
@@ -305,5 +306,28 @@ func TestRoutesAndContract(t *testing.T) {
 		// The root names the trust domain, as the X.509-SVID spec allows
 		// for signing certificates.
 		t.Fatalf("root URI SAN: %v, %v", id, err)
+	}
+}
+
+func TestDeletedEntryStopsGrantingAfterCacheTTL(t *testing.T) {
+	start := time.Now().Truncate(time.Second)
+	f := newFixture(t, start, svid.DefaultConfig()) // entry_cache_ttl 5s
+	issueJWT(t, f.p, agent(), workloadID, "a")
+	list, err := f.st.Entries().List(context.Background(), store.EntryFilter{SPIFFEID: workloadID})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("%v, %d entries", err, len(list))
+	}
+	if err := f.st.Entries().Delete(context.Background(), list[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(svid.JWTRequest{SPIFFEID: workloadID, Audience: []string{"a"}})
+	req := &plugin.Request{Method: http.MethodPost, Path: []string{"jwt"}, Body: body, Caller: agent()}
+	f.clock.Set(start.Add(4 * time.Second))
+	if _, err := f.p.Handle(context.Background(), req); err != nil {
+		t.Fatalf("within the cache TTL: %v", err)
+	}
+	f.clock.Set(start.Add(5 * time.Second))
+	if _, err := f.p.Handle(context.Background(), req); status(err) != http.StatusForbidden {
+		t.Fatalf("after the cache TTL, a deleted entry still grants: %v", err)
 	}
 }
