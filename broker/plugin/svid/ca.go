@@ -163,7 +163,7 @@ type state struct {
 	sequence             uint64
 }
 
-// signer returns the newest authority whose window holds now.
+// signingAuthority returns the newest authority whose window holds now.
 func signingAuthority(list []authority, now time.Time) (authority, bool) {
 	for i := len(list) - 1; i >= 0; i-- {
 		if a := list[i]; !now.Before(a.notBefore) && now.Before(a.notAfter) {
@@ -173,6 +173,7 @@ func signingAuthority(list []authority, now time.Time) (authority, bool) {
 	return authority{}, false
 }
 
+// signingJWTKey returns the newest JWT key whose window holds now.
 func signingJWTKey(list []jwtKey, now time.Time) (jwtKey, bool) {
 	for i := len(list) - 1; i >= 0; i-- {
 		if k := list[i]; !now.Before(k.notBefore) && now.Before(k.notAfter) {

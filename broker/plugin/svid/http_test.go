@@ -181,9 +181,20 @@ func TestOpenSSLVerifiesChain(t *testing.T) {
 	}
 	f := newFixture(t, time.Now(), svid.DefaultConfig())
 	other := newFixture(t, time.Now(), svid.DefaultConfig())
-	_, der := newCSR(t, workloadID)
-	out, _ := issueX509(t, f.p, agent(), nil, der)
 	dir := t.TempDir()
+	// The CSR comes from OpenSSL too, as in docs/plugin-svid.md.
+	csrPath := filepath.Join(dir, "web.csr")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if msg, err := exec.CommandContext(ctx, bin, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+		"-keyout", filepath.Join(dir, "web.key"), "-subj", "/", "-addext", "subjectAltName=URI:"+workloadID, "-out", csrPath).CombinedOutput(); err != nil {
+		t.Fatalf("openssl req: %v\n%s", err, msg)
+	}
+	csr, err := os.ReadFile(csrPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := issueX509(t, f.p, agent(), nil, csr)
 	write := func(name string, certs ...*x509.Certificate) string {
 		var buf bytes.Buffer
 		for _, c := range certs {
