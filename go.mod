@@ -3,6 +3,7 @@ module github.com/trustgate/trustgate
 go 1.26.8
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/containerd/nri v0.12.5
 	github.com/go-jose/go-jose/v4 v4.1.8
 	github.com/gowebpki/jcs v1.0.2

@@ -272,3 +272,30 @@ func TestRoutes(t *testing.T) {
 	_, err = call(p, "GET", "ca", "x=1", nil)
 	wantStatus(t, err, 400, "no query")
 }
+
+// TestNodeKeyMatchesX25519: the fast X25519 key derivation gives the same
+// public key as crypto/ecdh's X25519 for the same private key, and the P-256
+// path gives a pair crypto/ecdh agrees with.
+func TestNodeKeyMatchesX25519(t *testing.T) {
+	for range 500 {
+		pub, priv, err := newNodeKey(cert.Curve_CURVE25519)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := ecdh.X25519().NewPrivateKey(priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(k.PublicKey().Bytes(), pub) {
+			t.Fatalf("private %x: public %x, crypto/ecdh says %x", priv, pub, k.PublicKey().Bytes())
+		}
+	}
+	pub, priv, err := newNodeKey(cert.Curve_P256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ecdh.P256().NewPrivateKey(priv)
+	if err != nil || !bytes.Equal(k.PublicKey().Bytes(), pub) {
+		t.Fatalf("P-256 pair does not match: %v", err)
+	}
+}
