@@ -153,8 +153,12 @@ func (p *Plugin) rotateOnce(ctx context.Context) error {
 	}
 	newest := live[len(live)-1]
 	if rb := p.cfg.RotateBefore.Duration; rb > 0 && !now.Before(newest.NotAfter.Add(-rb)) {
-		gen, _ := strconv.Atoi(newest.ID)
-		k, err := p.generate(ctx, gen+1, now, minTime(now.Add(p.cfg.Prepublish.Duration), newest.NotAfter))
+		// Number past every stored generation, expired ones included.
+		next, _ := strconv.Atoi(newest.ID)
+		if len(all) > 0 {
+			next = max(next, all[len(all)-1].gen)
+		}
+		k, err := p.generate(ctx, next+1, now, minTime(now.Add(p.cfg.Prepublish.Duration), newest.NotAfter))
 		if err != nil {
 			return err
 		}

@@ -40,7 +40,8 @@ type Config struct {
 	ImportCAKey  string `toml:"import_ca_key"`
 	// RotateBefore is how long before the newest CA expires its successor
 	// is created. Both CAs are in ca_crt from then until the old one
-	// expires. "0s" turns rotation off.
+	// expires. "0s" turns overlapping rotation off: a new CA is then made
+	// only once the last one has expired.
 	RotateBefore Duration `toml:"rotate_before"`
 	// Prepublish is how long a successor CA is published in ca_crt before
 	// it signs node certificates, so that nodes learn to trust it first.

@@ -87,3 +87,23 @@ func TestConfigProblems(t *testing.T) {
 		t.Errorf("%d problems, want 11:\n%v", len(ps), err)
 	}
 }
+
+// TestNewRefuses: New checks the configuration and its dependencies before
+// touching the store.
+func TestNewRefuses(t *testing.T) {
+	st, _ := newStore(t)
+	bad := DefaultConfig()
+	bad.Curve = "448"
+	if _, err := New(t.Context(), bad, st, newSealer(t, 1), nil, nil); err == nil || !strings.Contains(err.Error(), "curve") {
+		t.Fatalf("bad config: %v", err)
+	}
+	if _, err := New(t.Context(), DefaultConfig(), nil, newSealer(t, 1), nil, nil); err == nil {
+		t.Fatal("nil store accepted")
+	}
+	if _, err := New(t.Context(), DefaultConfig(), st, nil, nil, nil); err == nil {
+		t.Fatal("nil sealer accepted")
+	}
+	if keys, _ := st.Keys().List(t.Context(), Kind); len(keys) != 0 {
+		t.Fatal("a refused New stored a CA")
+	}
+}
