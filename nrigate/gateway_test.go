@@ -131,15 +131,14 @@ func seccompWith(names ...string) *api.LinuxSeccomp {
 
 // env is a stand-in runtime with a gateway in front of it.
 type env struct {
-	t       testing.TB
-	dir     string
-	rt      *standIn
-	cfg     Config
-	logs    *lockedBuffer
-	cancel  context.CancelFunc
-	done    chan error
-	keys    map[string]*pluginauth.PrivateKey
-	plugins []*testPlugin
+	t      testing.TB
+	dir    string
+	rt     *standIn
+	cfg    Config
+	logs   *lockedBuffer
+	cancel context.CancelFunc
+	done   chan error
+	keys   map[string]*pluginauth.PrivateKey
 }
 
 func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
