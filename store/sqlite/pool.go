@@ -37,15 +37,23 @@ func (p *pool) warm(ctx context.Context, qs ...string) error {
 	return nil
 }
 
+// stmt returns q's cached statement, preparing it if needed. The mutex is
+// not held while preparing: preparing waits for a connection, and the
+// goroutine holding the writer's only connection in a transaction may need
+// the mutex to finish.
 func (p *pool) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if st, ok := p.stmts[q]; ok {
+	if st, ok := p.cached(q); ok {
 		return st, nil
 	}
 	st, err := p.db.PrepareContext(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if other, ok := p.stmts[q]; ok {
+		_ = st.Close() // another goroutine prepared it first
+		return other, nil
 	}
 	p.stmts[q] = st
 	return st, nil

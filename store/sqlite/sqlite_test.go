@@ -248,3 +248,49 @@ func checkConsistent(t *testing.T, path string, wantBatches int) {
 		t.Fatalf("%d batches survived, want %d", batches, wantBatches+1)
 	}
 }
+
+// TestTransactionBesideFirstPrepare arranges the interleaving that once
+// deadlocked the statement cache: a transaction holds the writer's only
+// connection while another goroutine prepares a new statement (waiting for
+// that connection); the transaction must still be able to run its own
+// statements and finish.
+func TestTransactionBesideFirstPrepare(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "s.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not deferred: after a deadlock, Close would block too and hide the
+	// failure behind the test binary's timeout.
+	inTx, proceed := make(chan struct{}), make(chan struct{})
+	txDone := make(chan error, 1)
+	go func() {
+		txDone <- db.tx(ctx, func(tx *tx) error {
+			close(inTx)
+			<-proceed
+			_, err := tx.ExecContext(ctx, `INSERT INTO policies (name, text, revision, updated_at) VALUES ('a', 'x', 1, 0)`)
+			return err
+		})
+	}()
+	<-inTx
+	prepDone := make(chan error, 1)
+	go func() {
+		_, err := db.w.ExecContext(ctx, `INSERT INTO policies (name, text, revision, updated_at) VALUES ('b', 'y', 1, 0)`)
+		prepDone <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let the second writer wait for the connection
+	close(proceed)
+	for _, c := range []chan error{txDone, prepDone} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("deadlock between a transaction and a statement being prepared")
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -33,6 +33,7 @@ func Run(t *testing.T, open Open) {
 		{"Resources", testResources},
 		{"Keys", testKeys},
 		{"Policies", testPolicies},
+		{"MixedConcurrencyFinishes", testMixedConcurrency},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -333,5 +334,49 @@ func testPolicies(t *testing.T, s store.Store) {
 	got, err := ps.Get(ctx, "resource")
 	if err != nil || got.Text != p2.Text || got.Revision != 2 {
 		t.Fatalf("get: %+v %v", got, err)
+	}
+}
+
+// testMixedConcurrency runs transactions beside plain writes and reads of
+// every kind on a fresh store, where each statement is used for the first
+// time concurrently with the others: it must finish, not deadlock.
+func testMixedConcurrency(t *testing.T, s store.Store) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			id := fmt.Sprint("m", i)
+			ops := []func() error{
+				func() error {
+					_, err := s.Entries().Create(ctx, store.Entry{SPIFFEID: "spiffe://td/" + id, ParentID: "p", Selectors: []store.Selector{{Type: "t", Value: id}}})
+					return err
+				},
+				func() error {
+					return s.Sessions().Create(ctx, store.Session{ID: id, TEE: "t", Nonce: "n", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+				},
+				func() error { _, err := s.Sessions().ConsumeNonce(ctx, id, "n", t0); return err },
+				func() error { return s.Resources().Put(ctx, store.Resource{Path: id, Sealed: []byte("x")}) },
+				func() error { _, err := s.Resources().Get(ctx, id); return err },
+				func() error { return s.Keys().Create(ctx, store.Key{Kind: "k", ID: id, Sealed: []byte("x"), NotBefore: t0, NotAfter: t0}) },
+				func() error { _, err := s.Keys().List(ctx, "k"); return err },
+				func() error { return s.JoinTokens().Create(ctx, store.JoinToken{ID: id, ExpiresAt: t0, CreatedAt: t0}) },
+				func() error { _, err := s.Entries().List(ctx, store.EntryFilter{}); return err },
+				func() error { _, err := s.Policies().Put(ctx, id, "x"); return err },
+			}
+			// Each goroutine starts at a different operation.
+			for j := range ops {
+				if err := ops[(i+j)%len(ops)](); err != nil && !errors.Is(err, store.ErrNotFound) {
+					t.Errorf("%s: operation %d: %v", id, (i+j)%len(ops), err)
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("concurrent store operations did not finish: deadlock")
 	}
 }
