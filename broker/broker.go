@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"strings"
 	"time"
 
@@ -217,14 +218,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // key rotation. It returns when they have stopped, after closing plugins
 // that are io.Closers.
 func (s *Server) Run(ctx context.Context) {
-	done := make(chan struct{})
-	go func() { defer close(done); s.opts.Tokens.Run(ctx) }()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.opts.Tokens.Run(ctx) })
+	for _, p := range s.plugins {
+		if r, ok := p.(plugin.Runner); ok {
+			wg.Go(func() { r.Run(ctx) })
+		}
+	}
 	t := time.NewTicker(s.opts.SweepInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			<-done
+			wg.Wait()
 			for _, p := range s.plugins {
 				if c, ok := p.(io.Closer); ok {
 					if err := c.Close(); err != nil {

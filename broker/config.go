@@ -11,8 +11,12 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/trustgate/trustgate/attest/k8spsat"
+	"github.com/trustgate/trustgate/attest/x509pop"
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/broker/plugin/external"
+	"github.com/trustgate/trustgate/broker/plugin/nebulaca"
+	"github.com/trustgate/trustgate/broker/plugin/svid"
 	"github.com/trustgate/trustgate/config"
 	"github.com/trustgate/trustgate/pluginauth"
 )
@@ -50,8 +54,24 @@ type Config struct {
 type PluginsConfig struct {
 	// MaxBodyBytes bounds a plugin request body.
 	MaxBodyBytes int64 `toml:"max_body_bytes"`
+	// NebulaCA is the native Nebula CA (docs/plugin-nebula-ca.md).
+	NebulaCA NebulaCAConfig `toml:"nebula_ca"`
+	// SVID issues SPIFFE SVIDs (docs/plugin-svid.md).
+	SVID SVIDConfig `toml:"svid"`
 	// External plugins, each a gRPC KbsPlugin server.
 	External []ExternalPluginConfig `toml:"external"`
+}
+
+// NebulaCAConfig enables the nebula-ca plugin.
+type NebulaCAConfig struct {
+	Enabled bool `toml:"enabled"`
+	nebulaca.Config
+}
+
+// SVIDConfig enables the svid plugin.
+type SVIDConfig struct {
+	Enabled bool `toml:"enabled"`
+	svid.Config
 }
 
 // ExternalPluginConfig is one external plugin (package
@@ -134,6 +154,22 @@ type AdminConfig struct {
 type AttestorsConfig struct {
 	Sample    SampleConfig    `toml:"sample"`
 	JoinToken JoinTokenConfig `toml:"join_token"`
+	X509Pop   X509PopConfig   `toml:"x509pop"`
+	K8sPSAT   K8sPSATConfig   `toml:"k8s_psat"`
+}
+
+// X509PopConfig enables SPIRE's x509pop node attestor (package
+// attest/x509pop, docs/attestor-x509pop.md).
+type X509PopConfig struct {
+	Enabled bool `toml:"enabled"`
+	x509pop.Config
+}
+
+// K8sPSATConfig enables SPIRE's k8s_psat node attestor (package
+// attest/k8spsat, docs/attestor-k8s_psat.md).
+type K8sPSATConfig struct {
+	Enabled bool `toml:"enabled"`
+	k8spsat.Config
 }
 
 // SampleConfig configures the sample TEE attestor.
@@ -151,6 +187,8 @@ type JoinTokenConfig struct {
 // DefaultConfig returns the configuration that default.toml describes.
 func DefaultConfig() Config {
 	var c Config
+	c.Plugins.NebulaCA.Config = nebulaca.DefaultConfig()
+	c.Plugins.SVID.Config = svid.DefaultConfig()
 	if err := config.Decode([]byte(defaultTOML), &c); err != nil {
 		panic(fmt.Sprintf("broker: embedded default.toml is invalid: %v", err))
 	}
@@ -259,6 +297,20 @@ func (c *Config) Validate() error {
 	default:
 		p.Addf("policy.default = %q: want \"deny-all\" or \"sample-dev\"", c.Policy.Default)
 	}
+	sub := func(section string, enabled bool, err func() error) {
+		if !enabled {
+			return
+		}
+		if e := err(); e != nil {
+			for _, msg := range problemsOf(e) {
+				p.Addf("[%s] %s", section, msg)
+			}
+		}
+	}
+	sub("attestors.x509pop", c.Attestors.X509Pop.Enabled, c.Attestors.X509Pop.Validate)
+	sub("attestors.k8s_psat", c.Attestors.K8sPSAT.Enabled, c.Attestors.K8sPSAT.Validate)
+	sub("plugins.nebula_ca", c.Plugins.NebulaCA.Enabled, c.Plugins.NebulaCA.Validate)
+	sub("plugins.svid", c.Plugins.SVID.Enabled, c.Plugins.SVID.Validate)
 	return p.Err()
 }
 
@@ -277,3 +329,11 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // MarshalText formats the duration as a Go duration string.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// problemsOf splits a sub-configuration's error into its problems.
+func problemsOf(err error) []string {
+	if ps, ok := err.(config.Problems); ok {
+		return ps
+	}
+	return []string{err.Error()}
+}

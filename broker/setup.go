@@ -19,10 +19,14 @@ import (
 
 	"github.com/trustgate/trustgate/attest"
 	"github.com/trustgate/trustgate/attest/jointoken"
+	"github.com/trustgate/trustgate/attest/k8spsat"
+	"github.com/trustgate/trustgate/attest/x509pop"
 	"github.com/trustgate/trustgate/attest/sample"
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/broker/plugin/external"
+	"github.com/trustgate/trustgate/broker/plugin/nebulaca"
 	"github.com/trustgate/trustgate/broker/plugin/resource"
+	"github.com/trustgate/trustgate/broker/plugin/svid"
 	"github.com/trustgate/trustgate/pluginauth"
 	"github.com/trustgate/trustgate/policy"
 	"github.com/trustgate/trustgate/seal"
@@ -32,12 +36,15 @@ import (
 
 // FromConfig builds a Server from a validated configuration: it loads the
 // seal key file, opens the token signing keys, loads the admin key and
-// builds the enabled attestors.
+// builds the enabled attestors and plugins.
 //
 // The broker's metrics are registered on reg when it is not nil. The
-// built-in resource plugin is always served; external plugins are
-// connected lazily, on first use.
+// built-in resource plugin is always served; nebula-ca and svid when
+// enabled; external plugins are connected lazily, on first use.
 func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("trust_domain: %w", err)
@@ -62,7 +69,7 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	plugins, err := buildPlugins(cfg.Plugins, st, sealer, log)
+	plugins, err := buildPlugins(ctx, cfg.Plugins, td, st, sealer, log)
 	if err != nil {
 		return nil, err
 	}
@@ -101,16 +108,44 @@ func buildAttestors(cfg AttestorsConfig, td spiffeid.TrustDomain, st store.Store
 	if cfg.JoinToken.Enabled {
 		out = append(out, jointoken.New(st.JoinTokens(), td, nil, log))
 	}
+	if cfg.X509Pop.Enabled {
+		a, err := x509pop.New(cfg.X509Pop.Config, td, log.With("attestor", "x509pop"))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	if cfg.K8sPSAT.Enabled {
+		a, err := k8spsat.New(cfg.K8sPSAT.Config, td, log.With("attestor", "k8s_psat"))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
 	return out, nil
 }
 
 // buildPlugins builds the resource plugin and the configured external ones.
-func buildPlugins(cfg PluginsConfig, st store.Store, sealer *seal.Sealer, log *slog.Logger) ([]plugin.Plugin, error) {
+func buildPlugins(ctx context.Context, cfg PluginsConfig, td spiffeid.TrustDomain, st store.Store, sealer *seal.Sealer, log *slog.Logger) ([]plugin.Plugin, error) {
 	rp, err := resource.New(resource.Options{Resources: st.Resources(), Sealer: sealer})
 	if err != nil {
 		return nil, err
 	}
 	out := []plugin.Plugin{rp}
+	if cfg.NebulaCA.Enabled {
+		p, err := nebulaca.New(ctx, cfg.NebulaCA.Config, st, sealer, log.With("plugin", nebulaca.Name), nil)
+		if err != nil {
+			return nil, fmt.Errorf("plugins.nebula_ca: %w", err)
+		}
+		out = append(out, p)
+	}
+	if cfg.SVID.Enabled {
+		p, err := svid.New(ctx, cfg.SVID.Config, td, st, sealer, log.With("plugin", "svid"), nil)
+		if err != nil {
+			return nil, fmt.Errorf("plugins.svid: %w", err)
+		}
+		out = append(out, p)
+	}
 	for _, e := range cfg.External {
 		var key pluginauth.PublicKey
 		if e.PublicKey != "" {

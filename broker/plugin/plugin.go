@@ -109,6 +109,12 @@ func Errorf(status int, format string, args ...any) error {
 	return &Error{Status: status, Detail: fmt.Sprintf(format, args...)}
 }
 
+// Runner is an optional interface for a plugin with background work, such
+// as rotating its keys: the broker runs Run until its context ends.
+type Runner interface {
+	Run(ctx context.Context)
+}
+
 // Decider is an optional interface for a plugin whose access and encryption
 // depend on more than the method, as Trustee's ValidateAuth and
 // NeedsEncryption see the whole request. When a plugin implements it, the

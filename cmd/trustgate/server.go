@@ -60,6 +60,10 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				cfg.Admin = broker.AdminConfig{PublicKeyFile: devAdmin.PublicKeyFile}
 				cfg.Attestors.Sample.Enabled = true
 				cfg.RateLimit.PerSecond = 0
+				cfg.Policy.Default = "sample-dev"
+				cfg.Plugins.SVID.Enabled = true
+				cfg.Plugins.NebulaCA.Enabled = true
+				cfg.Plugins.NebulaCA.CANetworks = []string{"10.42.0.0/16"}
 			case configPath != "":
 				if err := config.LoadFile(configPath, &cfg); err != nil {
 					return err
