@@ -358,7 +358,9 @@ func testMixedConcurrency(t *testing.T, s store.Store) {
 				func() error { _, err := s.Sessions().ConsumeNonce(ctx, id, "n", t0); return err },
 				func() error { return s.Resources().Put(ctx, store.Resource{Path: id, Sealed: []byte("x")}) },
 				func() error { _, err := s.Resources().Get(ctx, id); return err },
-				func() error { return s.Keys().Create(ctx, store.Key{Kind: "k", ID: id, Sealed: []byte("x"), NotBefore: t0, NotAfter: t0}) },
+				func() error {
+					return s.Keys().Create(ctx, store.Key{Kind: "k", ID: id, Sealed: []byte("x"), NotBefore: t0, NotAfter: t0})
+				},
 				func() error { _, err := s.Keys().List(ctx, "k"); return err },
 				func() error { return s.JoinTokens().Create(ctx, store.JoinToken{ID: id, ExpiresAt: t0, CreatedAt: t0}) },
 				func() error { _, err := s.Entries().List(ctx, store.EntryFilter{}); return err },
