@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -314,21 +313,8 @@ func (c *Config) Validate() error {
 	return p.Err()
 }
 
-// Duration is a time.Duration written in TOML as a string like "90s".
-type Duration struct{ time.Duration }
-
-// UnmarshalText parses a Go duration string.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("want a duration such as \"30s\" or \"5m\": %w", err)
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalText formats the duration as a Go duration string.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+// Duration is a duration written in TOML as a string such as "90s".
+type Duration = config.Duration
 
 // problemsOf splits a sub-configuration's error into its problems.
 func problemsOf(err error) []string {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	toml "github.com/pelletier/go-toml/v2"
 )
@@ -97,3 +98,20 @@ func (p Problems) Error() string {
 	}
 	return fmt.Sprintf("%d problems:\n  - %s", len(p), strings.Join(p, "\n  - "))
 }
+
+// Duration is a time.Duration written in TOML as a string such as "90s" or
+// "5m".
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("want a duration such as \"30s\" or \"5m\": %w", err)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText formats the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }

@@ -33,6 +33,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/trustgate/trustgate/internal/periodic"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/store"
 )
@@ -124,20 +125,7 @@ func (a *Authority) RotateInterval() time.Duration {
 // Run calls Rotate every RotateInterval until ctx ends. A failed rotation is
 // logged and retried at the next tick; the current key keeps signing.
 func (a *Authority) Run(ctx context.Context) {
-	t := time.NewTicker(a.RotateInterval())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			if err := a.Rotate(rctx); err != nil {
-				a.opts.Log.Error("token key rotation", "err", err)
-			}
-			cancel()
-		}
-	}
+	periodic.Run(ctx, a.RotateInterval(), 30*time.Second, a.opts.Log, "token key rotation", a.Rotate)
 }
 
 // Rotate reloads the keys from the store (so replicas see each other's

@@ -15,6 +15,7 @@ import (
 
 	"github.com/slackhq/nebula/cert"
 
+	"github.com/trustgate/trustgate/internal/periodic"
 	"github.com/trustgate/trustgate/store"
 )
 
@@ -70,20 +71,7 @@ const RefreshInterval = time.Minute
 // failed rotation is logged and retried at the next tick; the current CA
 // keeps signing while it is valid.
 func (p *Plugin) Run(ctx context.Context) {
-	t := time.NewTicker(RefreshInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			if err := p.Rotate(rctx); err != nil {
-				p.log.Error("nebula-ca rotation", "err", err)
-			}
-			cancel()
-		}
-	}
+	periodic.Run(ctx, RefreshInterval, 30*time.Second, p.log, "nebula-ca rotation", p.Rotate)
 }
 
 func (p *Plugin) rotateLocked(ctx context.Context) error {

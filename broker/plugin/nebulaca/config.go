@@ -65,13 +65,13 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		CAName:          "trustgate nebula CA",
-		CAValidity:      Duration{365 * 24 * time.Hour},
+		CAValidity:      Duration{Duration: 365 * 24 * time.Hour},
 		CAVersion:       2,
 		Curve:           "25519",
-		RotateBefore:    Duration{90 * 24 * time.Hour},
-		Prepublish:      Duration{24 * time.Hour},
-		DefaultDuration: Duration{30 * 24 * time.Hour},
-		MaxDuration:     Duration{90 * 24 * time.Hour},
+		RotateBefore:    Duration{Duration: 90 * 24 * time.Hour},
+		Prepublish:      Duration{Duration: 24 * time.Hour},
+		DefaultDuration: Duration{Duration: 30 * 24 * time.Hour},
+		MaxDuration:     Duration{Duration: 90 * 24 * time.Hour},
 	}
 }
 
@@ -156,18 +156,5 @@ func checkGroupName(g string) error {
 	return nil
 }
 
-// Duration is a time.Duration written in TOML as a string like "720h".
-type Duration struct{ time.Duration }
-
-// UnmarshalText parses a Go duration string.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("want a duration such as \"720h\": %w", err)
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalText writes the duration as a Go duration string.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+// Duration is a duration written in TOML as a string such as "90s".
+type Duration = config.Duration

@@ -63,12 +63,12 @@ func TestConfigProblems(t *testing.T) {
 		AllowedGroups:   []string{"z"},
 		CAVersion:       1,
 		Curve:           "ed448",
-		CAValidity:      Duration{time.Hour},
-		RotateBefore:    Duration{2 * time.Hour},
-		Prepublish:      Duration{-time.Second},
+		CAValidity:      Duration{Duration: time.Hour},
+		RotateBefore:    Duration{Duration: 2 * time.Hour},
+		Prepublish:      Duration{Duration: -time.Second},
 		DefaultVersion:  3,
-		DefaultDuration: Duration{2 * time.Hour},
-		MaxDuration:     Duration{time.Hour},
+		DefaultDuration: Duration{Duration: 2 * time.Hour},
+		MaxDuration:     Duration{Duration: time.Hour},
 		ImportCACert:    "ca.crt",
 	}
 	err := c.Validate()

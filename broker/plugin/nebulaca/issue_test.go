@@ -116,8 +116,8 @@ func TestBareIPTakesCAPrefix(t *testing.T) {
 func TestRejects(t *testing.T) {
 	cfg := testConfig()
 	cfg.AllowedGroups = []string{"web", "db"}
-	cfg.MaxDuration = Duration{48 * time.Hour}
-	cfg.DefaultDuration = Duration{24 * time.Hour}
+	cfg.MaxDuration = Duration{Duration: 48 * time.Hour}
+	cfg.DefaultDuration = Duration{Duration: 24 * time.Hour}
 	p := newPlugin(t, cfg, nil, nil)
 	for _, tc := range []struct{ query, want string }{
 		{"ip=10.42.0.1/16", "name is required"},
@@ -161,11 +161,11 @@ func TestRejects(t *testing.T) {
 // would outlive it is refused with the longest duration allowed.
 func TestDurationBoundedByCA(t *testing.T) {
 	cfg := testConfig()
-	cfg.CAValidity = Duration{10 * time.Hour}
-	cfg.RotateBefore = Duration{0}
-	cfg.Prepublish = Duration{0}
-	cfg.DefaultDuration = Duration{8 * time.Hour}
-	cfg.MaxDuration = Duration{100 * time.Hour}
+	cfg.CAValidity = Duration{Duration: 10 * time.Hour}
+	cfg.RotateBefore = Duration{Duration: 0}
+	cfg.Prepublish = Duration{Duration: 0}
+	cfg.DefaultDuration = Duration{Duration: 8 * time.Hour}
+	cfg.MaxDuration = Duration{Duration: 100 * time.Hour}
 	c := newClock()
 	p := newPlugin(t, cfg, nil, c)
 	c.Advance(5 * time.Hour)

@@ -21,11 +21,11 @@ import (
 
 func rotationConfig() Config {
 	c := testConfig()
-	c.CAValidity = Duration{100 * time.Hour}
-	c.RotateBefore = Duration{30 * time.Hour}
-	c.Prepublish = Duration{10 * time.Hour}
-	c.DefaultDuration = Duration{5 * time.Hour}
-	c.MaxDuration = Duration{50 * time.Hour}
+	c.CAValidity = Duration{Duration: 100 * time.Hour}
+	c.RotateBefore = Duration{Duration: 30 * time.Hour}
+	c.Prepublish = Duration{Duration: 10 * time.Hour}
+	c.DefaultDuration = Duration{Duration: 5 * time.Hour}
+	c.MaxDuration = Duration{Duration: 50 * time.Hour}
 	return c
 }
 

@@ -1,7 +1,6 @@
 package svid
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/trustgate/trustgate/config"
@@ -42,15 +41,15 @@ type Config struct {
 // 5m JWT), a one-year root, daily intermediates and JWT keys.
 func DefaultConfig() Config {
 	return Config{
-		X509SVIDTTL:       Duration{time.Hour},
-		MaxX509SVIDTTL:    Duration{24 * time.Hour},
-		JWTSVIDTTL:        Duration{5 * time.Minute},
-		MaxJWTSVIDTTL:     Duration{time.Hour},
-		RootTTL:           Duration{365 * 24 * time.Hour},
-		IntermediateTTL:   Duration{24 * time.Hour},
-		JWTKeyTTL:         Duration{24 * time.Hour},
-		EntryCacheTTL:     Duration{5 * time.Second},
-		BundleRefreshHint: Duration{5 * time.Minute},
+		X509SVIDTTL:       Duration{Duration: time.Hour},
+		MaxX509SVIDTTL:    Duration{Duration: 24 * time.Hour},
+		JWTSVIDTTL:        Duration{Duration: 5 * time.Minute},
+		MaxJWTSVIDTTL:     Duration{Duration: time.Hour},
+		RootTTL:           Duration{Duration: 365 * 24 * time.Hour},
+		IntermediateTTL:   Duration{Duration: 24 * time.Hour},
+		JWTKeyTTL:         Duration{Duration: 24 * time.Hour},
+		EntryCacheTTL:     Duration{Duration: 5 * time.Second},
+		BundleRefreshHint: Duration{Duration: 5 * time.Minute},
 	}
 }
 
@@ -101,18 +100,5 @@ func (c *Config) Validate() error {
 	return p.Err()
 }
 
-// Duration is a time.Duration written in TOML as a string like "90s".
-type Duration struct{ time.Duration }
-
-// UnmarshalText parses a Go duration string.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("want a duration such as \"30s\" or \"5m\": %w", err)
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalText formats the duration as a Go duration string.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+// Duration is a duration written in TOML as a string such as "90s".
+type Duration = config.Duration

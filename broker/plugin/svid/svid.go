@@ -31,6 +31,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustgate/trustgate/broker/plugin"
+	"github.com/trustgate/trustgate/internal/periodic"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/store"
 )
@@ -90,20 +91,7 @@ func (p *Plugin) RotateInterval() time.Duration {
 // Run calls Rotate every RotateInterval until ctx ends. A failed rotation
 // is logged and retried at the next tick; current keys keep signing.
 func (p *Plugin) Run(ctx context.Context) {
-	t := time.NewTicker(p.RotateInterval())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			if err := p.Rotate(rctx); err != nil {
-				p.log.Error("svid key rotation", "err", err)
-			}
-			cancel()
-		}
-	}
+	periodic.Run(ctx, p.RotateInterval(), 30*time.Second, p.log, "svid key rotation", p.Rotate)
 }
 
 // Name implements plugin.Plugin.
