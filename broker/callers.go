@@ -185,9 +185,6 @@ func (s *Server) verifyBrokerToken(raw string) (*callerEntry, error) {
 		return nil, fmt.Errorf("attestation token: %w", err)
 	}
 	att := c.Attestation
-	if att.SPIFFEID == "" {
-		return nil, errors.New("attestation token has no spiffe_id")
-	}
 	e := &callerEntry{
 		kind: credAttestation,
 		caller: plugin.Caller{Subject: std.Subject, SPIFFEID: att.SPIFFEID, Selectors: att.Selectors, Aliases: att.Aliases,
@@ -211,6 +208,9 @@ func (s *Server) verifyBrokerToken(raw string) (*callerEntry, error) {
 		for _, a := range *c.Access {
 			e.access = append(e.access, auth.Scope{Type: a.Type, Class: a.Class, Name: a.Name, Actions: a.Actions})
 		}
+	}
+	if att.SPIFFEID == "" {
+		return nil, errors.New("token has no spiffe_id")
 	}
 	if std.NotBefore != nil {
 		e.notBefore = std.NotBefore.Time()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -228,7 +229,7 @@ func (ts *tokenService) parseTokenRequest(w http.ResponseWriter, r *http.Request
 		if h := r.Header.Get("Authorization"); h != "" {
 			if raw, ok := bearerValue(h); ok {
 				tr.cred = raw
-			} else if user, pass, ok := r.BasicAuth(); ok {
+			} else if user, pass, ok := basicAuth(h); ok {
 				tr.username, tr.cred = user, pass
 			} else {
 				return nil, &tokenError{status: http.StatusUnauthorized, detail: "Authorization must be Bearer <attestation token or JWT-SVID> or Basic with the token as the password", challenge: true, errCode: "invalid_request"}
@@ -299,6 +300,25 @@ func (ts *tokenService) parseTokenRequest(w http.ResponseWriter, r *http.Request
 		tr.scopes = append(tr.scopes, sc)
 	}
 	return tr, nil
+}
+
+// basicAuth decodes a "Basic" Authorization value. The user-pass is split
+// at its last colon, not its first (RFC 7617 forbids colons in user-ids):
+// the password is a JWT, which holds none, and the username may then be a
+// SPIFFE ID, which does.
+func basicAuth(h string) (user, pass string, ok bool) {
+	if len(h) < 6 || !strings.EqualFold(h[:6], "Basic ") {
+		return "", "", false
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(h[6:]))
+	if err != nil {
+		return "", "", false
+	}
+	i := bytes.LastIndexByte(b, ':')
+	if i < 0 {
+		return "", "", false
+	}
+	return string(b[:i]), string(b[i+1:]), true
 }
 
 // bearerValue returns the token of a "Bearer <token>" header value.
