@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/broker/plugin/svid"
+	"github.com/trustgate/trustgate/client/auth"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/store"
 )
@@ -498,4 +500,84 @@ func TestPluginChallengesAndScopedTokens(t *testing.T) {
 	if err := json.Unmarshal(payload(t, a.Token), &c); err != nil || len(c.Access) != 0 {
 		t.Fatalf("after policy update: %s", payload(t, a.Token))
 	}
+}
+
+// FuzzTokenQuery sends arbitrary queries to GET /token with a valid
+// attestation token. The broker must answer 200 or 400 (never a 5xx or a
+// panic), and a granted token may only hold actions that the query asked
+// for, on resources it named, as the standard library and the scope
+// grammar read the query independently of the handler.
+func FuzzTokenQuery(f *testing.F) {
+	h := tokenHarness(f)
+	att := attestSample(f, h, teeKey(f))
+	for _, seed := range []string{
+		"service=registry.test&scope=repository:team/app:pull,push",
+		"scope=plugin:echo/a:get,delete&scope=plugin:echo/b:get",
+		"service=registry.test&scope=repository:team/rw:push+repository:other:pull",
+		"scope=repository(plugin):team/x:pull",
+		"scope=registry:catalog:*",
+		"scope=repository:localhost:5000/team/a:pull",
+		"service=&scope=",
+		"scope=%3A%3A%3A",
+		"scope=repository:team/app:pull&scope=repository:team/app:push",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, rawQuery string) {
+		req, err := http.NewRequest("GET", "/token", nil)
+		if err != nil {
+			t.Skip()
+		}
+		req.URL.RawQuery = rawQuery
+		req.Header.Set("Authorization", "Bearer "+att)
+		rec := httptest.NewRecorder()
+		h.srv.ServeHTTP(rec, req)
+		switch rec.Code {
+		case 400:
+			return
+		case 200:
+		default:
+			t.Fatalf("query %q: status %d: %s", rawQuery, rec.Code, rec.Body)
+		}
+		var a tokenAnswer
+		if err := json.Unmarshal(rec.Body.Bytes(), &a); err != nil {
+			t.Fatal(err)
+		}
+		var c struct {
+			Aud    string `json:"aud"`
+			Access []struct {
+				Type, Class, Name string
+				Actions           []string
+			} `json:"access"`
+		}
+		if err := json.Unmarshal(payload(t, a.Token), &c); err != nil {
+			t.Fatal(err)
+		}
+		q, err := url.ParseQuery(rawQuery)
+		if err != nil {
+			t.Fatalf("query %q answered 200 but does not parse: %v", rawQuery, err)
+		}
+		asked := map[string]bool{}
+		for _, v := range q["scope"] {
+			for _, f := range strings.Fields(v) {
+				sc, err := auth.ParseScope(f)
+				if err != nil {
+					t.Fatalf("query %q answered 200 with a bad scope %q", rawQuery, f)
+				}
+				for _, act := range sc.Actions {
+					asked[sc.Type+"("+sc.Class+"):"+sc.Name+":"+act] = true
+				}
+			}
+		}
+		if svc := q.Get("service"); c.Aud != svc && (svc != "" || c.Aud != "trustgate") {
+			t.Fatalf("query %q: token for service %q", rawQuery, c.Aud)
+		}
+		for _, g := range c.Access {
+			for _, act := range g.Actions {
+				if !asked[g.Type+"("+g.Class+"):"+g.Name+":"+act] {
+					t.Fatalf("query %q: granted %s:%s:%s, which it did not ask for", rawQuery, g.Type, g.Name, act)
+				}
+			}
+		}
+	})
 }
