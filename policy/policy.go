@@ -75,11 +75,9 @@ default reason := null
 
 reason := data.policy.reason
 
-default grant := []
+default grant := null
 
-grant := sort([a | some a in data.policy.grant; is_string(a)]) if is_set(data.policy.grant)
-
-grant := sort([a | some a in data.policy.grant; is_string(a)]) if is_array(data.policy.grant)
+grant := data.policy.grant
 `
 
 const decisionQuery = "x := [data.trustgate_decision.allow, data.trustgate_decision.reason, data.trustgate_decision.grant]"
@@ -212,12 +210,15 @@ func (p *Prepared) Eval(ctx context.Context, in *Input) (Decision, error) {
 		}
 		d.Reason = string(b)
 	}
+	// A rego set or array arrives as a slice; anything else grants nothing.
 	if acts, ok := pair[2].([]any); ok {
 		for _, a := range acts {
 			if s, ok := a.(string); ok {
 				d.Grant = append(d.Grant, s)
 			}
 		}
+		slices.Sort(d.Grant)
+		d.Grant = slices.Compact(d.Grant)
 	}
 	return d, nil
 }
