@@ -80,8 +80,12 @@ type Options struct {
 	TokenCacheSize int
 	// Metrics registers the broker's collectors when not nil.
 	Metrics prometheus.Registerer
-	// Audit receives one record per plugin request (default Log).
+	// Audit receives one record per plugin request and per token service
+	// request (default Log).
 	Audit *slog.Logger
+	// TokenService, when set, serves GET and POST /token and makes plugin
+	// endpoints challenge for, and accept, scoped tokens.
+	TokenService *TokenServiceOptions
 }
 
 // Server is the broker's HTTP API.
@@ -100,6 +104,7 @@ type Server struct {
 	maxBody       int64
 	tokens        *tokenCache
 	audit         *auditor
+	ts            *tokenService
 }
 
 // New returns a broker serving opts.
@@ -180,6 +185,13 @@ func New(opts Options) (*Server, error) {
 	}
 	if s.audit, err = newAuditor(opts.Audit, opts.Metrics, names); err != nil {
 		return nil, err
+	}
+	if opts.TokenService != nil {
+		if s.ts, err = newTokenService(opts.TokenService, opts.TrustDomain, opts.Tokens.MaxTokenTTL()); err != nil {
+			return nil, err
+		}
+		s.mux.HandleFunc("GET /token", s.serveToken)
+		s.mux.HandleFunc("POST /token", s.serveToken)
 	}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.auth))

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -11,19 +12,50 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/trustgate/trustgate/broker/plugin"
+	"github.com/trustgate/trustgate/client/auth"
 	"github.com/trustgate/trustgate/policy"
 	"github.com/trustgate/trustgate/token"
 )
 
-// callerEntry is a verified attestation token, ready for the policy and
-// for encryption.
+// credKind is what kind of credential a caller presented. Kinds are bits,
+// so that an endpoint can accept a set of them.
+type credKind uint8
+
+const (
+	// credAttestation is the attestation token from POST /kbs/v0/attest.
+	credAttestation credKind = 1 << iota
+	// credScoped is a scoped token from the token service, for the
+	// broker's own service.
+	credScoped
+	// credSVID is a JWT-SVID from the svid plugin (token service only).
+	credSVID
+)
+
+// String is the kind as the policy input's "credential" names it.
+func (k credKind) String() string {
+	switch k {
+	case credAttestation:
+		return "attestation"
+	case credScoped:
+		return "scoped"
+	case credSVID:
+		return "jwt-svid"
+	}
+	return "unknown"
+}
+
+// callerEntry is a verified credential, ready for the policy and for
+// encryption.
 type callerEntry struct {
+	kind      credKind
 	caller    plugin.Caller
 	claims    policy.Claims
 	teeKey    jose.Recipient
 	teeKeyErr error
 	notBefore time.Time
 	expiry    time.Time
+	// access is what a scoped token grants.
+	access []auth.Scope
 }
 
 // valid reports whether the token is inside its validity window at now,
@@ -96,31 +128,89 @@ func attestationToken(r *http.Request) (string, *authFailure) {
 		detail: "no attestation token: send Authorization: Bearer <token from POST /kbs/v0/attest>"}
 }
 
-// authAttested authenticates an attested caller.
+// authAttested authenticates a caller of a plugin endpoint: the
+// attestation token, or a scoped token for the broker's own service.
 func (s *Server) authAttested(r *http.Request) (*callerEntry, *authFailure) {
 	raw, af := attestationToken(r)
 	if af != nil {
 		return nil, af
 	}
+	return s.verifyCaller(raw, credAttestation|credScoped)
+}
+
+// verifyCaller verifies a bearer credential of one of the allowed kinds.
+// Verified credentials are cached by SHA-256 until they expire.
+func (s *Server) verifyCaller(raw string, allowed credKind) (*callerEntry, *authFailure) {
 	now := s.now()
 	key := sha256.Sum256([]byte(raw))
-	if e := s.tokens.get(key); e != nil && e.valid(now) {
-		return e, nil
+	e := s.tokens.get(key)
+	if e == nil || !e.valid(now) {
+		var err error
+		e, err = s.verifyBrokerToken(raw)
+		if errors.Is(err, token.ErrUnknownKey) && allowed&credSVID != 0 && s.ts != nil && s.ts.svids != nil {
+			e, err = s.ts.svids.verify(raw)
+		}
+		if err != nil {
+			return nil, &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenInvalid, detail: err.Error(), errCode: "invalid_token"}
+		}
+		s.tokens.put(key, e, now)
 	}
-	var att token.Attestation
-	std, err := s.opts.Tokens.Verify(raw, s.opts.Issuer, &att)
+	if e.kind&allowed == 0 {
+		detail := "a " + e.kind.String() + " credential is not accepted here"
+		switch e.kind {
+		case credScoped:
+			detail = "a scoped token cannot be exchanged for another: present the attestation token or a JWT-SVID"
+		case credSVID:
+			detail = "a JWT-SVID is accepted only by the token service: exchange it at /token for a scoped token"
+		}
+		return nil, &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenInvalid, detail: detail, errCode: "invalid_token"}
+	}
+	return e, nil
+}
+
+// brokerClaims decodes either token the broker signs: an attestation token
+// (no "aud") or a scoped token ("aud" and "access").
+type brokerClaims struct {
+	token.Attestation
+	Access *[]token.Access `json:"access"`
+}
+
+// verifyBrokerToken verifies a token signed by the broker's keys: an
+// attestation token, or a scoped token whose audience is the broker's own
+// service.
+func (s *Server) verifyBrokerToken(raw string) (*callerEntry, error) {
+	var c brokerClaims
+	std, err := s.opts.Tokens.Verify(raw, s.opts.Issuer, &c)
 	if err != nil {
-		return nil, &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenInvalid, detail: "attestation token: " + err.Error(), errCode: "invalid_token"}
+		return nil, fmt.Errorf("attestation token: %w", err)
 	}
-	if att.SPIFFEID == "" {
-		return nil, &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenInvalid, detail: "attestation token has no spiffe_id", errCode: "invalid_token"}
-	}
+	att := c.Attestation
 	e := &callerEntry{
+		kind: credAttestation,
 		caller: plugin.Caller{Subject: std.Subject, SPIFFEID: att.SPIFFEID, Selectors: att.Selectors, Aliases: att.Aliases,
 			TEE: att.TEE, TCB: att.TCB, TEEPubKey: att.TEEPubKey},
 		claims: policy.Claims{Subject: std.Subject, SPIFFEID: att.SPIFFEID, Selectors: att.Selectors, Aliases: att.Aliases,
 			TEE: att.TEE, TCB: att.TCB},
 		expiry: std.Expiry.Time(),
+	}
+	switch {
+	case len(std.Audience) == 0 && c.Access == nil:
+	case len(std.Audience) == 0:
+		return nil, errors.New("token has an access claim but no audience")
+	case s.ts == nil:
+		return nil, errors.New("scoped tokens are not accepted: the token service is disabled")
+	case len(std.Audience) != 1 || std.Audience[0] != s.ts.service:
+		return nil, fmt.Errorf("scoped token is for service %q, not this broker (%q)", []string(std.Audience), s.ts.service)
+	case c.Access == nil:
+		return nil, errors.New("scoped token has no access claim")
+	default:
+		e.kind = credScoped
+		for _, a := range *c.Access {
+			e.access = append(e.access, auth.Scope{Type: a.Type, Class: a.Class, Name: a.Name, Actions: a.Actions})
+		}
+	}
+	if att.SPIFFEID == "" {
+		return nil, errors.New("token has no spiffe_id")
 	}
 	if std.NotBefore != nil {
 		e.notBefore = std.NotBefore.Time()
@@ -132,6 +222,5 @@ func (s *Server) authAttested(r *http.Request) (*callerEntry, *authFailure) {
 	if e.teeKeyErr != nil {
 		e.teeKeyErr = fmt.Errorf("tee-pubkey: %w", e.teeKeyErr)
 	}
-	s.tokens.put(key, e, now)
 	return e, nil
 }

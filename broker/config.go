@@ -47,6 +47,33 @@ type Config struct {
 	Attestors     AttestorsConfig `toml:"attestors"`
 	Plugins       PluginsConfig   `toml:"plugins"`
 	Policy        PolicyConfig    `toml:"policy"`
+	// TokenService is GET/POST /token (docs/token-service.md).
+	TokenService TokenServiceConfig `toml:"token_service"`
+}
+
+// TokenServiceConfig configures the scoped token service.
+type TokenServiceConfig struct {
+	Enabled bool `toml:"enabled"`
+	// Realm is the public URL of /token; empty means issuer + "/token".
+	Realm string `toml:"realm"`
+	// Service is the broker's own service name (the audience of tokens
+	// for its plugin endpoints).
+	Service string `toml:"service"`
+	// Services are the registries tokens may be issued for.
+	Services []string `toml:"services"`
+	// ExpiresIn is a scoped token's lifetime.
+	ExpiresIn Duration `toml:"expires_in"`
+	// SVIDAudience is the audience a caller's JWT-SVID must hold; empty
+	// means Service.
+	SVIDAudience string `toml:"svid_audience"`
+}
+
+// RealmURL is the configured realm, or the issuer's /token.
+func (c *Config) RealmURL() string {
+	if c.TokenService.Realm != "" {
+		return c.TokenService.Realm
+	}
+	return strings.TrimSuffix(c.Issuer, "/") + "/token"
 }
 
 // PluginsConfig configures /kbs/v0/<plugin>/... .
@@ -295,6 +322,20 @@ func (c *Config) Validate() error {
 	case "deny-all", "sample-dev":
 	default:
 		p.Addf("policy.default = %q: want \"deny-all\" or \"sample-dev\"", c.Policy.Default)
+	}
+	if ts := c.TokenService; ts.Enabled {
+		if u, err := url.Parse(c.RealmURL()); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || strings.ContainsAny(c.RealmURL(), "\"\\") {
+			p.Addf("token_service.realm = %q: want the absolute http(s) URL of /token as callers reach it (default: issuer + \"/token\")", c.RealmURL())
+		}
+		if ts.Service == "" || strings.ContainsAny(ts.Service, "\"\\") {
+			p.Addf("token_service.service = %q: want a name without quotes or backslashes, such as \"trustgate\"", ts.Service)
+		}
+		for _, svc := range ts.Services {
+			if svc == "" || strings.ContainsAny(svc, "\"\\") || svc == ts.Service {
+				p.Addf("token_service.services: %q: want registry service names (as in their auth.token.service), each different from token_service.service", svc)
+			}
+		}
+		positive("token_service.expires_in", ts.ExpiresIn)
 	}
 	sub := func(section string, enabled bool, err func() error) {
 		if !enabled {

@@ -3,6 +3,7 @@ package broker
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/trustgate/trustgate/config"
 )
@@ -70,5 +71,30 @@ func TestConfigPlugins(t *testing.T) {
 	c.Policy.Default = "allow-all"
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "policy.default") {
 		t.Errorf("policy.default: %v", err)
+	}
+}
+
+func TestConfigTokenService(t *testing.T) {
+	c := DefaultConfig()
+	if c.TokenService.Enabled || c.TokenService.Service != "trustgate" || c.TokenService.ExpiresIn.Duration != 5*time.Minute {
+		t.Fatalf("defaults: %+v", c.TokenService)
+	}
+	if got := c.RealmURL(); got != "https://trustgate.example.org/token" {
+		t.Fatalf("default realm %q", got)
+	}
+	c.TokenService.Enabled = true
+	c.Admin.PublicKeyFile = "/x"
+	if err := c.Validate(); err != nil {
+		t.Fatalf("enabled defaults: %v", err)
+	}
+	c.TokenService.Realm = "ftp://x/token"
+	c.TokenService.Service = `a"b`
+	c.TokenService.Services = []string{`a"b`, ""}
+	c.TokenService.ExpiresIn.Duration = 0
+	err := c.Validate()
+	for _, want := range []string{"token_service.realm", "token_service.service", "token_service.services: \"\"", "token_service.expires_in"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want a problem about %s, got %v", want, err)
+		}
 	}
 }

@@ -64,6 +64,9 @@ type harnessOpts struct {
 	audit   *slog.Logger
 	// policy, when set, is in force from the start.
 	policy string
+	// tokenService enables /token; an empty Realm becomes the test
+	// server's /token.
+	tokenService *broker.TokenServiceOptions
 }
 
 func newHarness(t testing.TB, ho harnessOpts) *harness {
@@ -118,11 +121,20 @@ func newHarness(t testing.TB, ho harnessOpts) *harness {
 		Tokens:    tokens, Admin: admin, SessionTTL: time.Minute, TokenTTL: 5 * time.Minute,
 		RateLimit: ho.rate, SweepInterval: ho.sweep, Now: c.Now,
 	}
+	hs := httptest.NewUnstartedServer(nil)
+	if ts := ho.tokenService; ts != nil {
+		o := *ts
+		if o.Realm == "" {
+			o.Realm = "http://" + hs.Listener.Addr().String() + "/token"
+		}
+		opts.TokenService = &o
+	}
 	srv, err := broker.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv)
+	hs.Config.Handler = srv
+	hs.Start()
 	t.Cleanup(hs.Close)
 	return &harness{opts: opts, sealer: sealer, st: st, srv: srv, http: hs, clock: c, adminKey: adminKey, dir: dir, sealKey: sealPath}
 }

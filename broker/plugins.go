@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/trustgate/trustgate/broker/plugin"
+	"github.com/trustgate/trustgate/client/auth"
 	"github.com/trustgate/trustgate/policy"
 )
 
@@ -71,16 +72,28 @@ const (
 	VerdictError           = "error"           // the broker or plugin failed
 )
 
-// Realm is the Bearer realm of challenges on /kbs/v0 plugin paths.
+// Realm is the Bearer realm of challenges on /kbs/v0 plugin paths when
+// the token service is off, and for admin tokens.
 const Realm = "trustgate"
 
-// bearerChallenge builds a WWW-Authenticate value (RFC 6750). errCode is empty
-// or an RFC 6750 error code; issue #8's scoped tokens add scope here.
+// bearerChallenge builds a WWW-Authenticate value (RFC 6750) without the
+// token service. errCode is empty or an RFC 6750 error code.
 func bearerChallenge(errCode string) string {
 	if errCode == "" {
 		return `Bearer realm="` + Realm + `"`
 	}
 	return `Bearer realm="` + Realm + `", error="` + errCode + `"`
+}
+
+// challenge is the WWW-Authenticate value for a plugin request: with the
+// token service, realm, service and the request's scope (empty when no
+// scope names the request), as the distribution token spec has them;
+// without it, or for admin methods, the plain realm.
+func (s *Server) challenge(admin bool, scope, errCode string) string {
+	if admin || s.ts == nil {
+		return bearerChallenge(errCode)
+	}
+	return s.ts.challenge(scope, errCode)
 }
 
 // registerPlugins validates and indexes opts.Plugins.
@@ -169,7 +182,8 @@ func (s *Server) servePlugin(w http.ResponseWriter, r *http.Request) {
 	case plugin.Admin:
 		sub, af := s.authAdmin(ctx, r)
 		if af != nil {
-			af.write(w)
+			af.admin = true
+			af.write(w, s)
 			o.status, o.verdict = af.status, VerdictUnauthenticated
 			return
 		}
@@ -177,15 +191,30 @@ func (s *Server) servePlugin(w http.ResponseWriter, r *http.Request) {
 		o.caller, o.verdict = &req.Caller, VerdictAdmin
 		encrypt = false
 	case plugin.Attested:
+		need, named := PluginScope(name, rest, r.Method)
+		scope := ""
+		if named {
+			scope = need.String()
+		}
 		ent, af := s.authAttested(r)
 		if af != nil {
-			af.write(w)
+			af.scope = scope
+			af.write(w, s)
 			o.status, o.verdict = af.status, VerdictUnauthenticated
 			return
 		}
 		req.Caller = ent.caller
 		o.caller = &req.Caller
-		d, err := s.policy.Evaluate(ctx, &policy.Input{Method: r.Method, Plugin: name, Path: rest, Query: queryMap(query), Claims: ent.claims})
+		if ent.kind == credScoped && (!named || !auth.Covers(ent.access, []auth.Scope{need})) {
+			w.Header().Set("WWW-Authenticate", s.challenge(false, scope, "insufficient_scope"))
+			detail := fmt.Sprintf("the scoped token does not grant %s", scope)
+			if !named {
+				detail = "no scope names this request: present the attestation token"
+			}
+			fail(http.StatusForbidden, ProblemInsufficientScope, detail, VerdictDenied)
+			return
+		}
+		d, err := s.policy.Evaluate(ctx, &policy.Input{Method: r.Method, Plugin: name, Path: rest, Query: queryMap(query), Claims: ent.claims, Credential: ent.kind.String()})
 		o.reason, o.revision = d.Reason, d.Revision
 		if err != nil {
 			o.err = err
@@ -193,6 +222,9 @@ func (s *Server) servePlugin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if !d.Allow {
+			if s.ts != nil {
+				w.Header().Set("WWW-Authenticate", s.challenge(false, scope, "insufficient_scope"))
+			}
 			fail(http.StatusForbidden, ProblemPolicyDeny, fmt.Sprintf("the resource policy denies %s %s to %s", r.Method, r.URL.Path, ent.caller.Subject), VerdictDenied)
 			return
 		}
@@ -310,11 +342,13 @@ type authFailure struct {
 	typ     string
 	detail  string
 	errCode string // RFC 6750 error code for the challenge, if any
+	admin   bool   // the method needs an admin token
+	scope   string // the scope the request needs, if one names it
 }
 
-func (f *authFailure) write(w http.ResponseWriter) {
-	if f.status == http.StatusUnauthorized {
-		w.Header().Set("WWW-Authenticate", bearerChallenge(f.errCode))
+func (f *authFailure) write(w http.ResponseWriter, s *Server) {
+	if f.status == http.StatusUnauthorized || (f.status == http.StatusForbidden && f.errCode != "") {
+		w.Header().Set("WWW-Authenticate", s.challenge(f.admin, f.scope, f.errCode))
 	}
 	writeProblem(w, f.status, f.typ, f.detail)
 }

@@ -99,3 +99,18 @@ func BenchmarkPluginHTTPBaseline(b *testing.B) {
 	h := newHarness(b, harnessOpts{})
 	benchGET(b, h, "/nothing", nil)
 }
+
+// BenchmarkTokenIssue is GET /token for one registry scope, fully granted:
+// caller token verification (cached), one rego grant decision, and an
+// ES256 signature.
+func BenchmarkTokenIssue(b *testing.B) {
+	h := tokenHarness(b)
+	benchGET(b, h, "/token?service="+registryService+"&scope=repository:team/app:pull", benchTokens(b, h))
+}
+
+// BenchmarkTokenIssuePartial is GET /token for three scopes of which the
+// policy grants some actions: three rego decisions, one signature.
+func BenchmarkTokenIssuePartial(b *testing.B) {
+	h := tokenHarness(b)
+	benchGET(b, h, "/token?service="+registryService+"&scope=repository:team/app:pull,push&scope=repository:team/rw:pull,push&scope=repository:other/x:pull", benchTokens(b, h))
+}

@@ -53,10 +53,14 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 	if err != nil {
 		return nil, fmt.Errorf("keys.seal_key_file: %w", err)
 	}
+	maxTTL := cfg.Token.TTL.Duration
+	if cfg.TokenService.Enabled {
+		maxTTL = max(maxTTL, cfg.TokenService.ExpiresIn.Duration)
+	}
 	tokens, err := token.Open(ctx, token.Options{
 		Keys: st.Keys(), Sealer: sealer,
 		KeyLifetime: cfg.Token.KeyLifetime.Duration, Prepublish: cfg.Token.Prepublish.Duration,
-		MaxTokenTTL: cfg.Token.TTL.Duration, Log: log,
+		MaxTokenTTL: maxTTL, Log: log,
 	})
 	if err != nil {
 		return nil, err
@@ -82,8 +86,19 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	var ts *TokenServiceOptions
+	if c := cfg.TokenService; c.Enabled {
+		ts = &TokenServiceOptions{Realm: cfg.RealmURL(), Service: c.Service, Services: c.Services,
+			ExpiresIn: c.ExpiresIn.Duration, SVIDAudience: c.SVIDAudience}
+		for _, p := range plugins {
+			if sp, ok := p.(*svid.Plugin); ok {
+				ts.SVIDs = sp
+			}
+		}
+	}
 	return New(Options{
-		Plugins: plugins, Policy: pol, MaxBodyBytes: cfg.Plugins.MaxBodyBytes, Metrics: reg,
+		TokenService: ts,
+		Plugins:      plugins, Policy: pol, MaxBodyBytes: cfg.Plugins.MaxBodyBytes, Metrics: reg,
 		Store: st, Log: log, TrustDomain: td, Issuer: cfg.Issuer,
 		Attestors: attestors, Tokens: tokens, Admin: admin,
 		SessionTTL: cfg.Session.TTL.Duration, TokenTTL: cfg.Token.TTL.Duration,

@@ -24,14 +24,40 @@ import (
 //	    "aliases": ["spiffe://example.org/node/group-a"],
 //	    "tee": "sample",
 //	    "tcb-status": {"svn": "1"}
-//	  }
+//	  },
+//	  "credential": "attestation"              // what the caller presented
 //	}
+//
+// A token service request (GET or POST /token) is decided once per
+// requested scope, with "plugin" set to "token", empty "path" and "query",
+// and two more members:
+//
+//	"service": "registry.example.org",       // the token's audience
+//	"scope": {"type": "repository", "class": "", "name": "team/app", "actions": ["pull", "push"]}
 type Input struct {
 	Method string            `json:"method"`
 	Plugin string            `json:"plugin"`
 	Path   []string          `json:"path"`
 	Query  map[string]string `json:"query"`
 	Claims Claims            `json:"claims"`
+	// Credential is what authenticated the caller: "attestation" (the
+	// attestation token), "scoped" (a scoped token from the token
+	// service) or "jwt-svid" (a JWT-SVID, token service only). Omitted
+	// when empty.
+	Credential string `json:"credential,omitempty"`
+	// Service is the requested token's audience (token service only).
+	Service string `json:"service,omitempty"`
+	// Scope is the requested scope (token service only).
+	Scope *Scope `json:"scope,omitempty"`
+}
+
+// Scope is one requested resource scope of the distribution token spec,
+// type[(class)]:name:actions.
+type Scope struct {
+	Type    string   `json:"type"`
+	Class   string   `json:"class"`
+	Name    string   `json:"name"`
+	Actions []string `json:"actions"`
 }
 
 // Claims are the attestation token claims the policy sees.
@@ -108,7 +134,7 @@ func (in *Input) value() ast.Value {
 		ast.Item(ast.StringTerm("tee"), ast.StringTerm(c.TEE)),
 		ast.Item(ast.StringTerm("tcb-status"), ast.NewTerm(tcb)),
 	)
-	return ast.NewObject(
+	doc := ast.NewObject(
 		ast.Item(ast.StringTerm("method"), ast.StringTerm(in.Method)),
 		ast.Item(ast.StringTerm("plugin"), ast.StringTerm(in.Plugin)),
 		ast.Item(ast.StringTerm("path"), strings2(in.Path)),
@@ -116,4 +142,19 @@ func (in *Input) value() ast.Value {
 		ast.Item(ast.StringTerm("query"), ast.NewTerm(q)),
 		ast.Item(ast.StringTerm("claims"), ast.NewTerm(claims)),
 	)
+	if in.Credential != "" {
+		doc.Insert(ast.StringTerm("credential"), ast.StringTerm(in.Credential))
+	}
+	if in.Service != "" {
+		doc.Insert(ast.StringTerm("service"), ast.StringTerm(in.Service))
+	}
+	if sc := in.Scope; sc != nil {
+		doc.Insert(ast.StringTerm("scope"), ast.ObjectTerm(
+			ast.Item(ast.StringTerm("type"), ast.StringTerm(sc.Type)),
+			ast.Item(ast.StringTerm("class"), ast.StringTerm(sc.Class)),
+			ast.Item(ast.StringTerm("name"), ast.StringTerm(sc.Name)),
+			ast.Item(ast.StringTerm("actions"), strings2(sc.Actions)),
+		))
+	}
+	return doc
 }

@@ -5,7 +5,10 @@
 // data.policy.allow must be exactly true for a request to pass; anything
 // else (undefined, false, another value, an evaluation error) denies. An
 // optional data.policy.reason, of any type, is recorded in the audit log
-// beside the verdict. The input document is described by Input.
+// beside the verdict. For the broker's token service, the optional rule
+// data.policy.grant (a set or array of action strings) names the actions
+// granted on input.scope; "*" grants every requested action. The input
+// document is described by Input.
 //
 // An Engine holds the compiled policy as a prepared query, so that
 // evaluation does no parsing or compilation. Set compiles a new text before
@@ -71,9 +74,13 @@ allow if data.policy.allow == true
 default reason := null
 
 reason := data.policy.reason
+
+default grant := null
+
+grant := data.policy.grant
 `
 
-const decisionQuery = "x := [data.trustgate_decision.allow, data.trustgate_decision.reason]"
+const decisionQuery = "x := [data.trustgate_decision.allow, data.trustgate_decision.reason, data.trustgate_decision.grant]"
 
 // denied builtins could make a decision depend on the network or the
 // host, or stall it: a policy decides from its input alone.
@@ -171,6 +178,10 @@ type Decision struct {
 	// Revision is the store revision of the policy that decided (0 for
 	// the built-in default).
 	Revision int64
+	// Grant is data.policy.grant, the actions granted on input.scope by a
+	// token service request: its string members, sorted; empty when the
+	// rule is undefined or not a set or array.
+	Grant []string
 }
 
 // Eval evaluates the policy over in.
@@ -183,7 +194,7 @@ func (p *Prepared) Eval(ctx context.Context, in *Input) (Decision, error) {
 		return Decision{}, fmt.Errorf("policy: evaluate: %d results, want 1", len(rs))
 	}
 	pair, ok := rs[0].Bindings["x"].([]any)
-	if !ok || len(pair) != 2 {
+	if !ok || len(pair) != 3 {
 		return Decision{}, errors.New("policy: evaluate: unexpected result shape")
 	}
 	var d Decision
@@ -198,6 +209,16 @@ func (p *Prepared) Eval(ctx context.Context, in *Input) (Decision, error) {
 			return Decision{}, fmt.Errorf("policy: reason: %w", err)
 		}
 		d.Reason = string(b)
+	}
+	// A rego set or array arrives as a slice; anything else grants nothing.
+	if acts, ok := pair[2].([]any); ok {
+		for _, a := range acts {
+			if s, ok := a.(string); ok {
+				d.Grant = append(d.Grant, s)
+			}
+		}
+		slices.Sort(d.Grant)
+		d.Grant = slices.Compact(d.Grant)
 	}
 	return d, nil
 }

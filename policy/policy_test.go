@@ -219,3 +219,33 @@ func TestInputRoundTrip(t *testing.T) {
 		t.Fatal("unknown field accepted")
 	}
 }
+
+// TestGrantShapes: data.policy.grant yields its string members, sorted,
+// whether it is a set or an array; anything else, or nothing, grants
+// nothing; and the rule sees the token service's input members.
+func TestGrantShapes(t *testing.T) {
+	ctx := context.Background()
+	in := &policy.Input{Method: "GET", Plugin: "token", Service: "reg", Credential: "attestation",
+		Scope: &policy.Scope{Type: "repository", Name: "team/app", Actions: []string{"pull", "push"}}}
+	for _, tc := range []struct{ rules, want string }{
+		{`grant contains "push" if input.scope.name == "team/app"
+grant contains "pull" if input.service == "reg"`, "pull push"},
+		{`grant := ["pull", 3, "delete"] if input.credential == "attestation"`, "delete pull"},
+		{`grant := "pull"`, ""},
+		{`grant contains "pull" if input.scope.type == "registry"`, ""},
+		{`allow := true`, ""},
+		{`grant contains a if { some a in input.scope.actions; a != "push" }`, "pull"},
+	} {
+		p, err := policy.Compile(ctx, "package policy\n\n"+tc.rules+"\n")
+		if err != nil {
+			t.Fatalf("%s: %v", tc.rules, err)
+		}
+		d, err := p.Eval(ctx, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(d.Grant, " "); got != tc.want {
+			t.Errorf("%s: grant %q, want %q", tc.rules, got, tc.want)
+		}
+	}
+}

@@ -332,7 +332,7 @@ func VerifyWith(raw string, lookup func(kid string) (jose.JSONWebKey, bool), wan
 	}
 	key, ok := lookup(tok.Headers[0].KeyID)
 	if !ok {
-		return std, fmt.Errorf("token: unknown key id %q", tok.Headers[0].KeyID)
+		return std, fmt.Errorf("%w %q", ErrUnknownKey, tok.Headers[0].KeyID)
 	}
 	if err := tok.Claims(key.Key, append([]any{&std}, out...)...); err != nil {
 		return std, fmt.Errorf("token: signature: %w", err)
@@ -345,3 +345,7 @@ func VerifyWith(raw string, lookup func(kid string) (jose.JSONWebKey, bool), wan
 	}
 	return std, nil
 }
+
+// MaxTokenTTL is the longest lifetime a token signed by this Authority may
+// have: a retired key stays published this long after it stops signing.
+func (a *Authority) MaxTokenTTL() time.Duration { return a.opts.MaxTokenTTL }

@@ -37,11 +37,33 @@ var quietOnce sync.Once
 // and token auth trusting the given token server's key.
 func NewRegistry(tb testing.TB, realm string, ts *TokenServer) http.Handler {
 	tb.Helper()
-	quietOnce.Do(func() { logrus.SetOutput(io.Discard) })
 	jwks, err := ts.JWKS()
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return NewRegistryTrusting(tb, Trust{Realm: realm, Service: ts.Service, Issuer: ts.Issuer, JWKS: jwks})
+}
+
+// Trust is what a registry's token auth trusts: the auth.token
+// configuration block of distribution.
+type Trust struct {
+	// Realm is the token endpoint named in challenges.
+	Realm string
+	// Service is the registry's service name, the accepted audience.
+	Service string
+	// Issuer is the accepted "iss".
+	Issuer string
+	// JWKS is the key set tokens must be signed with.
+	JWKS []byte
+}
+
+// NewRegistryTrusting returns a distribution v3 registry app with in-memory
+// storage and token auth configured by tr, as an operator would configure
+// a registry to trust an outside token service.
+func NewRegistryTrusting(tb testing.TB, tr Trust) http.Handler {
+	tb.Helper()
+	quietOnce.Do(func() { logrus.SetOutput(io.Discard) })
+	realm, jwks := tr.Realm, tr.JWKS
 	path := filepath.Join(tb.TempDir(), "jwks.json")
 	if err := os.WriteFile(path, jwks, 0o600); err != nil {
 		tb.Fatal(err)
@@ -53,7 +75,7 @@ func NewRegistry(tb testing.TB, realm string, ts *TokenServer) http.Handler {
 			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
 		},
 		Auth: configuration.Auth{"token": configuration.Parameters{
-			"realm": realm, "service": ts.Service, "issuer": ts.Issuer, "jwks": path,
+			"realm": realm, "service": tr.Service, "issuer": tr.Issuer, "jwks": path,
 		}},
 	}
 	cfg.HTTP.Secret = "registrytest-secret"
@@ -193,6 +215,19 @@ type Target struct {
 	Tokens *TokenServer
 	// TokenPaths are the paths on this host that are token endpoints.
 	TokenPaths []string
+	// Needs, when set, says what access a request to this host needs,
+	// for hosts that are not registries (a broker's plugin endpoints);
+	// otherwise distribution's router and access rules decide.
+	Needs func(*http.Request) []Access
+}
+
+// StartTrusting starts a registry whose tokens come from an outside token
+// service (tr.Realm, on another host).
+func StartTrusting(tb testing.TB, name string, tr Trust) *Target {
+	tb.Helper()
+	sw, u := serve(tb)
+	sw.h = NewRegistryTrusting(tb, tr)
+	return &Target{Name: name, URL: u, Service: tr.Service}
 }
 
 // Host returns host:port.

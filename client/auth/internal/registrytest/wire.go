@@ -27,7 +27,8 @@ type Counts struct {
 // checks every Bearer token it carries: the token must be for the service
 // of the host it goes to, and its access claim must cover the repository
 // and actions the request needs, as distribution's router and access rules
-// derive them (mapped through the target's path prefix).
+// derive them (mapped through the target's path prefix), or as the target's
+// Needs says for a host that is not a registry.
 type Wire struct {
 	base    http.RoundTripper
 	targets map[string]*Target
@@ -109,7 +110,13 @@ func (w *Wire) check(req *http.Request, t *Target, tok string) string {
 	}
 	var needs []need
 	var m mux.RouteMatch
-	if w.router.Match(req, &m) && m.Route != nil {
+	if t.Needs != nil {
+		for _, a := range t.Needs(req) {
+			for _, act := range a.Actions {
+				needs = append(needs, need{a.Type, a.Name, act})
+			}
+		}
+	} else if w.router.Match(req, &m) && m.Route != nil {
 		switch m.Route.GetName() {
 		case v2.RouteNameBase:
 		case v2.RouteNameCatalog:
