@@ -91,22 +91,31 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				return err
 			}
 			defer st.Close()
-			reg := telemetry.NewRegistry()
-			srv, err := broker.FromConfig(ctx, cfg, st, log, reg)
-			if err != nil {
-				return err
-			}
 			ln, err := net.Listen("tcp", cfg.Listen)
 			if err != nil {
 				return fmt.Errorf("listen: %w", err)
 			}
 			addr := "http://" + ln.Addr().String()
+			if dev {
+				// The token service's realm is where this server listens.
+				cfg.TokenService.Enabled = true
+				cfg.TokenService.Realm = addr + "/token"
+			}
+			reg := telemetry.NewRegistry()
+			srv, err := broker.FromConfig(ctx, cfg, st, log, reg)
+			if err != nil {
+				_ = ln.Close()
+				return err
+			}
 			log.Info("broker listening", "addr", addr, "store", cfg.Store.Path, "dev", dev)
 			if dev {
 				fmt.Fprintf(out, "trustgate server (dev mode)\n  API:    %s\n  store:  %s\n  try:    curl %s/healthz\n", addr, cfg.Store.Path, addr)
 				fmt.Fprintf(out, "  admin token (24h):\n    export TRUSTGATE_ADMIN_TOKEN=%s\n", devAdmin.Token)
 				fmt.Fprintf(out, "  try:    curl -H \"Authorization: Bearer $TRUSTGATE_ADMIN_TOKEN\" %s/admin/v1/entries\n", addr)
 				fmt.Fprintf(out, "          trustgate jointoken create --server %s --admin-token \"$TRUSTGATE_ADMIN_TOKEN\"\n", addr)
+				fmt.Fprintf(out, "  attest with the sample TEE, then trade the token for a scoped one:\n")
+				fmt.Fprintf(out, "          curl -u \"x:$ATTESTATION_TOKEN\" \"%s/token?service=trustgate&scope=plugin:resource/default/key/1:get\"\n", addr)
+				fmt.Fprintf(out, "  walkthrough: docs/broker.md\n")
 			}
 			opts := serve.Options{ShutdownGrace: cfg.ShutdownGrace.Duration}
 			grp, ctx := errgroup.WithContext(ctx)
