@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -577,4 +578,114 @@ func TestShippedExampleConfigIsValid(t *testing.T) {
 	if err := config.Decode([]byte(DefaultConfigTOML()), &d); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestSocketIsRootOnly(t *testing.T) {
+	e := newEnv(t, nil)
+	fi, err := os.Stat(e.cfg.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("plugin socket mode %v, want a 0600 socket", fi.Mode())
+	}
+	fi, err = os.Stat(e.cfg.StateDir)
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("state dir (the private runtime socket's) mode %v %v, want 0700", fi.Mode(), err)
+	}
+}
+
+// runtimeProxy stands between the gateway and the runtime, so that a test
+// can drop every connection at once, as a runtime process that dies does,
+// and send new ones to the runtime that replaces it.
+type runtimeProxy struct {
+	mu     sync.Mutex
+	target string
+	conns  []net.Conn
+}
+
+func newRuntimeProxy(t testing.TB, socket, target string) *runtimeProxy {
+	t.Helper()
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	p := &runtimeProxy{target: target}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			up, err := net.Dial("unix", p.target)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			go func() { _, _ = io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return p
+}
+
+// restart drops every connection and sends new ones to target.
+func (p *runtimeProxy) restart(target string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns, p.target = nil, target
+}
+
+// TestRuntimeRestartReconnectsAndPolices restarts the runtime under the
+// gateway: the gateway reconnects, resynchronizes, and containers created
+// by the new runtime are policed as before.
+func TestRuntimeRestartReconnectsAndPolices(t *testing.T) {
+	var proxy *runtimeProxy
+	e := newEnv(t, func(e *env, c *Config) {
+		c.ReconnectMaxBackoff = pluginauth.Duration(200 * time.Millisecond)
+		c.UpstreamSocket = filepath.Join(e.dir, "proxy.sock")
+		proxy = newRuntimeProxy(t, c.UpstreamSocket, e.rt.socket)
+	})
+	if _, err := e.connect(e.keys["injector"], "20", "injector", func(a *api.ContainerAdjustment) { a.AddEnv("LD_PRELOAD", "/x.so") }); err != nil {
+		t.Fatal(err)
+	}
+	policed := func(rt *standIn) func() error {
+		return func() error {
+			_, err := rt.create(context.Background())
+			if err == nil || !strings.Contains(err.Error(), "LD_PRELOAD") {
+				return fmt.Errorf("not policed: %v", err)
+			}
+			return nil
+		}
+	}
+	eventually(t, "policing by the first runtime", policed(e.rt))
+	// A new runtime, as containerd after a restart, with a pod the gateway
+	// has not seen.
+	dir2, err := os.MkdirTemp("", "tg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir2) })
+	rt2 := newStandIn(t, dir2)
+	rt2.mu.Lock()
+	rt2.pods = append(rt2.pods, &api.PodSandbox{Id: "pod1", Name: "new", Namespace: "prod", Uid: "u1"})
+	rt2.mu.Unlock()
+	proxy.restart(rt2.socket)
+	eventually(t, "policing by the restarted runtime", policed(rt2))
+	eventually(t, "resynchronization", func() error {
+		for _, r := range e.logs.records() {
+			if r["msg"] == "synchronized with runtime" && r["pods"] == float64(2) {
+				return nil
+			}
+		}
+		return errors.New("the gateway did not resynchronize with the new runtime")
+	})
 }
