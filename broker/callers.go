@@ -147,7 +147,9 @@ func (s *Server) verifyCaller(raw string, allowed credKind) (*callerEntry, *auth
 	if e == nil || !e.valid(now) {
 		var err error
 		e, err = s.verifyBrokerToken(raw)
-		if errors.Is(err, token.ErrUnknownKey) && allowed&credSVID != 0 && s.ts != nil && s.ts.svids != nil {
+		// A JWT-SVID is recognised wherever it is presented, so that the
+		// answer where it is not accepted says so, whatever the cache holds.
+		if errors.Is(err, token.ErrUnknownKey) && s.ts != nil && s.ts.svids != nil {
 			e, err = s.ts.svids.verify(raw)
 		}
 		if err != nil {

@@ -431,6 +431,10 @@ func TestTokenServiceJWTSVID(t *testing.T) {
 	wantProblem(t, resp, body, 401, "TokenVerifierError", "audience")
 	resp, body = call(t, h, "GET", "/kbs/v0/echo/a", sv, nil)
 	wantProblem(t, resp, body, 401, "TokenVerifierError", "accepted only by the token service")
+	// The same answer for an SVID the broker has never seen, which is in
+	// no cache.
+	resp, body = call(t, h, "GET", "/kbs/v0/echo/a", jwtSVID("trustgate-token"), nil)
+	wantProblem(t, resp, body, 401, "TokenVerifierError", "accepted only by the token service")
 }
 
 func TestPluginChallengesAndScopedTokens(t *testing.T) {
