@@ -342,7 +342,7 @@ func (c *Config) Validate() error {
 			return
 		}
 		if e := err(); e != nil {
-			for _, msg := range problemsOf(e) {
+			for _, msg := range config.ProblemsOf(e) {
 				p.Addf("[%s] %s", section, msg)
 			}
 		}
@@ -356,11 +356,3 @@ func (c *Config) Validate() error {
 
 // Duration is a duration written in TOML as a string such as "90s".
 type Duration = config.Duration
-
-// problemsOf splits a sub-configuration's error into its problems.
-func problemsOf(err error) []string {
-	if ps, ok := err.(config.Problems); ok {
-		return ps
-	}
-	return []string{err.Error()}
-}

@@ -91,6 +91,19 @@ func (p Problems) Err() error {
 	return p
 }
 
+// ProblemsOf splits a validation error into its problems, so that a
+// configuration can report the problems of its parts among its own.
+func ProblemsOf(err error) Problems {
+	if err == nil {
+		return nil
+	}
+	var ps Problems
+	if errors.As(err, &ps) {
+		return ps
+	}
+	return Problems{err.Error()}
+}
+
 // Error implements error.
 func (p Problems) Error() string {
 	if len(p) == 1 {

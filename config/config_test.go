@@ -1,6 +1,8 @@
 package config
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,4 +93,19 @@ func FuzzDecode(f *testing.F) {
 		var s sample
 		_ = Decode(data, &s) // must not panic
 	})
+}
+
+func TestProblemsOf(t *testing.T) {
+	if ProblemsOf(nil) != nil {
+		t.Fatal("nil error has problems")
+	}
+	var p Problems
+	p.Addf("a")
+	p.Addf("b")
+	if got := ProblemsOf(fmt.Errorf("wrapped: %w", p.Err())); len(got) != 2 || got[1] != "b" {
+		t.Fatalf("got %v", got)
+	}
+	if got := ProblemsOf(errors.New("plain")); len(got) != 1 || got[0] != "plain" {
+		t.Fatalf("got %v", got)
+	}
 }

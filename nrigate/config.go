@@ -47,7 +47,7 @@ type Config struct {
 	ValidateUpstream bool `toml:"validate_upstream"`
 	// AllowUpstreamPlugins lists plugins ("<index>-<name>", globs) that
 	// may adjust containers upstream without the gateway.
-	AllowUpstreamPlugins []string `toml:"allow_upstream_plugins"`
+	AllowUpstreamPlugins nripolicy.Globs `toml:"allow_upstream_plugins"`
 
 	// RequireAuthentication refuses plugins without a key; otherwise they
 	// get the role "default".
@@ -97,19 +97,20 @@ func (c *Config) authConfig() pluginauth.ServerConfig {
 	for _, r := range c.Roles {
 		ac.Roles = append(ac.Roles, r.RoleConfig)
 	}
-	if c.DefaultValidator != nil && !c.hasRole(pluginauth.DefaultRole) {
+	if c.DefaultValidator != nil && c.role(pluginauth.DefaultRole) == nil {
 		ac.Roles = append(ac.Roles, pluginauth.RoleConfig{Role: pluginauth.DefaultRole, Names: []string{"*"}, Indices: []string{"*"}})
 	}
 	return ac
 }
 
-func (c *Config) hasRole(name string) bool {
-	for _, r := range c.Roles {
-		if r.Role == name {
-			return true
+// role returns the configured role named name, or nil.
+func (c *Config) role(name string) *Role {
+	for i := range c.Roles {
+		if c.Roles[i].Role == name {
+			return &c.Roles[i]
 		}
 	}
-	return false
+	return nil
 }
 
 // policies returns each role's policy, and the globals, with the default
@@ -157,24 +158,17 @@ func (c *Config) Validate() error {
 	}
 	ac := c.authConfig()
 	if err := ac.Validate(); err != nil {
-		p = append(p, problems(err)...)
+		p = append(p, config.ProblemsOf(err)...)
 	}
 	for i := range c.Roles {
 		r := &c.Roles[i]
 		if err := r.Policy.Validate(fmt.Sprintf("roles[%d] (%q).policy", i, r.Role)); err != nil {
-			p = append(p, problems(err)...)
+			p = append(p, config.ProblemsOf(err)...)
 		}
 	}
-	if c.DefaultValidator != nil && c.hasRole(pluginauth.DefaultRole) {
+	if c.DefaultValidator != nil && c.role(pluginauth.DefaultRole) != nil {
 		p.Addf("both [default_validator] and a role named \"default\" are configured: keep one of them")
 	}
 	sort.Strings(p)
 	return p.Err()
-}
-
-func problems(err error) config.Problems {
-	if ps, ok := err.(config.Problems); ok {
-		return ps
-	}
-	return config.Problems{err.Error()}
 }

@@ -20,9 +20,7 @@ import (
 	"net"
 	"os"
 	"os/user"
-	"path"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -252,8 +250,12 @@ func (c *checker) Register(ctx context.Context, req *api.RegisterPluginRequest) 
 	d := nripolicy.Decision{Subject: c.subject, Event: "register", Field: "Registration", Key: name}
 	switch {
 	case !c.id.MayRegister(req.PluginName, req.PluginIdx):
+		var names, indices []string
+		if r := c.g.cfg.role(c.id.Role); r != nil {
+			names, indices = r.Names, r.Indices
+		}
 		d.Reason = fmt.Sprintf("key may not register as %s (it authenticated as %s-%s; its role allows names %v, indices %v)",
-			name, c.id.Index, c.id.Name, c.g.roleNames(c.id.Role), c.g.roleIndices(c.id.Role))
+			name, c.id.Index, c.id.Name, names, indices)
 	case c.subject.Policy == nil:
 		d.Reason = fmt.Sprintf("role %q has no policy", c.id.Role)
 	default:
@@ -272,24 +274,6 @@ func (c *checker) Register(ctx context.Context, req *api.RegisterPluginRequest) 
 
 func (c *checker) Updates(ctx context.Context, event string, updates []*api.ContainerUpdate) error {
 	return c.g.validator.CheckUpdates(ctx, c.subject, event, updates)
-}
-
-func (g *Gateway) roleNames(role string) []string {
-	for _, r := range g.cfg.Roles {
-		if r.Role == role {
-			return r.Names
-		}
-	}
-	return nil
-}
-
-func (g *Gateway) roleIndices(role string) []string {
-	for _, r := range g.cfg.Roles {
-		if r.Role == role {
-			return r.Indices
-		}
-	}
-	return nil
 }
 
 // registry maps registered plugin names to the connection holding them.
@@ -414,11 +398,3 @@ type nonValidating struct{ *upstream }
 // ValidateContainerAdjustment shadows the embedded method so that the stub
 // does not subscribe the gateway as a validator.
 func (nonValidating) ValidateContainerAdjustment() {}
-
-// matchAllowed reports whether plugin matches an allow-list glob.
-func matchAllowed(globs []string, plugin string) bool {
-	return slices.ContainsFunc(globs, func(g string) bool {
-		ok, _ := path.Match(g, plugin)
-		return ok
-	})
-}

@@ -689,3 +689,19 @@ func TestRuntimeRestartReconnectsAndPolices(t *testing.T) {
 		return errors.New("the gateway did not resynchronize with the new runtime")
 	})
 }
+
+func TestUpstreamAllowList(t *testing.T) {
+	u := &upstream{log: slog.New(slog.DiscardHandler), self: "10-trustgate-gateway", allowOwners: nripolicy.Globs{"05-legacy-*"}}
+	req := func(owner string) *api.ValidateContainerAdjustmentRequest {
+		o := api.NewOwningPlugins()
+		if err := o.ClaimEnv("c1", "X", owner); err != nil {
+			t.Fatal(err)
+		}
+		return &api.ValidateContainerAdjustmentRequest{Container: &api.Container{Id: "c1"}, Owners: o}
+	}
+	for owner, ok := range map[string]bool{"10-trustgate-gateway": true, "05-legacy-dns": true, "05-other": false, "06-legacy-dns": false} {
+		if err := u.ValidateContainerAdjustment(context.Background(), req(owner)); (err == nil) != ok {
+			t.Errorf("owner %s: %v, want allowed=%v", owner, err, ok)
+		}
+	}
+}

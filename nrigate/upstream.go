@@ -11,6 +11,8 @@ import (
 	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/trustgate/trustgate/nripolicy"
 )
 
 // upstream is the gateway as one ordinary NRI plugin of the real runtime:
@@ -23,7 +25,7 @@ type upstream struct {
 	self string
 	// allowOwners lists the plugins that may adjust containers upstream
 	// without coming through the gateway.
-	allowOwners []string
+	allowOwners nripolicy.Globs
 	state       *state
 }
 
@@ -213,7 +215,7 @@ func (u *upstream) RemoveContainer(ctx context.Context, pod *api.PodSandbox, ctr
 func (u *upstream) ValidateContainerAdjustment(_ context.Context, req *api.ValidateContainerAdjustmentRequest) error {
 	var offenders []string
 	for _, c := range ownersOf(req.GetOwners(), req.GetContainer().GetId()) {
-		if c != u.self && !matchAllowed(u.allowOwners, c) {
+		if c != u.self && !u.allowOwners.Match(c) {
 			offenders = append(offenders, c)
 		}
 	}
