@@ -48,6 +48,11 @@ type Config struct {
 	// AllowUpstreamPlugins lists plugins ("<index>-<name>", globs) that
 	// may adjust containers upstream without the gateway.
 	AllowUpstreamPlugins nripolicy.Globs `toml:"allow_upstream_plugins"`
+	// KnownUpstreamPlugins lists plugins ("<index>-<name>", globs) expected
+	// on the runtime's socket that adjust nothing, such as containerd's
+	// built-in "00-default-validator": the gateway does not alert on them.
+	// Their adjustments are refused all the same.
+	KnownUpstreamPlugins nripolicy.Globs `toml:"known_upstream_plugins"`
 
 	// RequireAuthentication refuses plugins without a key; otherwise they
 	// get the role "default".
@@ -151,9 +156,11 @@ func (c *Config) Validate() error {
 			p.Addf("%s = %q: want a positive duration such as \"5s\"", name, time.Duration(d))
 		}
 	}
-	for _, g := range c.AllowUpstreamPlugins {
-		if _, err := path.Match(g, ""); err != nil {
-			p.Addf("allow_upstream_plugins: pattern %q: %v", g, err)
+	for name, globs := range map[string]nripolicy.Globs{"allow_upstream_plugins": c.AllowUpstreamPlugins, "known_upstream_plugins": c.KnownUpstreamPlugins} {
+		for _, g := range globs {
+			if _, err := path.Match(g, ""); err != nil {
+				p.Addf("%s: pattern %q: %v", name, g, err)
+			}
 		}
 	}
 	ac := c.authConfig()

@@ -89,11 +89,29 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Gateway, err
 		private:  filepath.Join(cfg.StateDir, "runtime.sock"),
 	}
 	g.validator = nripolicy.NewValidator(g.registry, globals, audit)
+	foreign := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "trustgate_nri_foreign_plugins_total",
+		Help: "Plugins seen taking part in a container creation on the runtime's NRI socket without coming through the gateway (or registered twice under one name), per creation.",
+	}, []string{"plugin"})
+	if reg != nil {
+		if err := reg.Register(foreign); err != nil {
+			return nil, fmt.Errorf("nri-gateway: register metrics: %w", err)
+		}
+	}
+	roles := []string{nripolicy.UpstreamRole, nripolicy.UnauthenticatedRole}
+	for r := range policies {
+		roles = append(roles, r)
+	}
+	audit.Init(roles...)
 	g.up = &upstream{
-		log:         log,
-		self:        cfg.PluginIndex + "-" + cfg.PluginName,
-		allowOwners: cfg.AllowUpstreamPlugins,
-		state:       newState(),
+		log:          log,
+		self:         cfg.PluginIndex + "-" + cfg.PluginName,
+		allowOwners:  cfg.AllowUpstreamPlugins,
+		knownPlugins: cfg.KnownUpstreamPlugins,
+		state:        newState(),
+		issued:       newIssuedLog(),
+		audit:        audit,
+		foreign:      foreign,
 	}
 	return g, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustgate/trustgate/config"
 	"github.com/trustgate/trustgate/nrigate/nrilog"
@@ -140,6 +141,7 @@ type env struct {
 	cancel context.CancelFunc
 	done   chan error
 	keys   map[string]*pluginauth.PrivateKey
+	reg    *prometheus.Registry
 }
 
 func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
@@ -184,7 +186,8 @@ func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
 func (e *env) start() {
 	e.t.Helper()
 	log := slog.New(slog.NewJSONHandler(e.logs, nil))
-	g, err := New(e.cfg, log, nil)
+	e.reg = prometheus.NewRegistry()
+	g, err := New(e.cfg, log, e.reg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -691,7 +694,7 @@ func TestRuntimeRestartReconnectsAndPolices(t *testing.T) {
 }
 
 func TestUpstreamAllowList(t *testing.T) {
-	u := &upstream{log: slog.New(slog.DiscardHandler), self: "10-trustgate-gateway", allowOwners: nripolicy.Globs{"05-legacy-*"}}
+	u := &upstream{log: slog.New(slog.DiscardHandler), self: "10-trustgate-gateway", allowOwners: nripolicy.Globs{"05-legacy-*"}, issued: newIssuedLog()}
 	req := func(owner string) *api.ValidateContainerAdjustmentRequest {
 		o := api.NewOwningPlugins()
 		if err := o.ClaimEnv("c1", "X", owner); err != nil {
