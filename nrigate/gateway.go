@@ -126,7 +126,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return fmt.Errorf("nri-gateway: state dir: %w", err)
 	}
 	adaptation.SetPluginRegistrationTimeout(time.Duration(g.cfg.RegistrationTimeout))
-	adaptation.SetPluginRequestTimeout(time.Duration(g.cfg.RequestTimeout))
+	// Process-wide in NRI: the gateway is the only adaptation in its
+	// process.
+	adaptation.SetPluginRequestTimeout(g.cfg.requestTimeout())
+	if w := g.cfg.timeoutWarning(); w != "" {
+		g.log.Warn(w)
+	}
 	down, err := adaptation.New("trustgate-nri-gateway", "v1", g.syncPlugin, g.updateUpstream,
 		adaptation.WithPluginPath(filepath.Join(g.cfg.StateDir, "no-plugins")),
 		adaptation.WithPluginConfigPath(filepath.Join(g.cfg.StateDir, "no-plugins")),
@@ -374,6 +379,7 @@ func (g *Gateway) upstreamLoop(ctx context.Context) {
 			stub.WithPluginIdx(g.cfg.PluginIndex),
 			stub.WithSocketPath(g.cfg.UpstreamSocket),
 			stub.WithOnClose(func() { once.Do(func() { close(closed) }) }),
+			stub.WithFailurePolicy(&api.FailurePolicy{FailRequest: g.cfg.FailClosed, KeepConnected: true}),
 		}
 		var plugin any = g.up
 		if !g.cfg.ValidateUpstream {

@@ -163,7 +163,6 @@ func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
 	c.UpstreamSocket = e.rt.socket
 	c.Socket = filepath.Join(dir, "gw.sock")
 	c.StateDir = filepath.Join(dir, "state")
-	c.RequestTimeout = pluginauth.Duration(2 * time.Second)
 	c.HandshakeTimeout = pluginauth.Duration(500 * time.Millisecond)
 	role := func(name, plugin, idx string, p nripolicy.Policy) Role {
 		return Role{RoleConfig: pluginauth.RoleConfig{Role: name, Keys: []string{e.keys[name].Public().String()},
@@ -563,6 +562,10 @@ func TestConfig(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
+	if socket := os.Getenv(runtimeHelperEnv); socket != "" {
+		nrilog.Install(slog.New(slog.DiscardHandler))
+		os.Exit(runtimeHelper(socket))
+	}
 	// NRI's logger is process-wide: install it before any NRI goroutine
 	// starts.
 	nrilog.Install(slog.New(slog.DiscardHandler))
