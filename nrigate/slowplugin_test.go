@@ -37,7 +37,9 @@ type runtimeReply struct {
 func runtimeHelper(socket string) int {
 	adaptation.SetPluginRequestTimeout(adaptation.DefaultPluginRequestTimeout)
 	noSync := func(ctx context.Context, cb adaptation.SyncCB) error { _, err := cb(ctx, nil, nil); return err }
-	noUpdate := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) { return nil, nil }
+	noUpdate := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
+		return nil, nil
+	}
 	none := filepath.Join(filepath.Dir(socket), "none")
 	a, err := adaptation.New("containerd", "2.4.2", noSync, noUpdate,
 		adaptation.WithPluginPath(none), adaptation.WithPluginConfigPath(none), adaptation.WithSocketPath(socket))
