@@ -11,6 +11,8 @@ import (
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trustgate/trustgate/pluginauth"
 )
 
 // rawPlugin answers CreateContainer with whatever its function returns.
@@ -245,5 +247,39 @@ func TestEveryOwnedFieldIsKnown(t *testing.T) {
 		if _, known := ownedValue(nil, nil, "c", "c", f, "k"); !known {
 			t.Errorf("field %s is not known to the gateway's value check", f)
 		}
+	}
+}
+
+// TestHandshakeRefusalIsAudited: a connection refused in the handshake is
+// an audit record, counted in the decisions metric, which starts at zero
+// for every role.
+func TestHandshakeRefusalIsAudited(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, role := range []string{"injector", "security", "trusted", "resources", "(upstream)", "(unauthenticated)"} {
+		for _, v := range []string{"allow", "deny"} {
+			if n := e.decisions(role, v); n != 0 {
+				t.Fatalf("decisions{role=%q,verdict=%q} = %v at start, want 0", role, v, n)
+			}
+		}
+	}
+	stranger, err := pluginauth.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.connect(stranger, "20", "injector", nil); !errors.Is(err, pluginauth.ErrUnknownKey) {
+		t.Fatalf("unknown key: %v", err)
+	}
+	eventually(t, "audit record of the refused handshake", func() error {
+		for _, r := range e.logs.records() {
+			if r["audit"] == "nri" && r["event"] == "handshake" && r["verdict"] == "deny" &&
+				r["key_fingerprint"] == stranger.Public().Fingerprint() && r["plugin"] == "20-injector" &&
+				strings.HasPrefix(fmt.Sprint(r["key"]), "uid ") {
+				return nil
+			}
+		}
+		return errors.New("none")
+	})
+	if n := e.decisions("(unauthenticated)", "deny"); n != 1 {
+		t.Fatalf("unauthenticated deny decisions %v, want 1", n)
 	}
 }

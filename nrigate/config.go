@@ -73,6 +73,16 @@ type Config struct {
 	HandshakeTimeout pluginauth.Duration `toml:"handshake_timeout"`
 	// MaxPendingHandshakes bounds concurrent handshakes.
 	MaxPendingHandshakes int `toml:"max_pending_handshakes"`
+	// FirstFrameTimeout bounds the wait for a plugin's first handshake
+	// frame; a peer that stays silent is dropped then.
+	FirstFrameTimeout pluginauth.Duration `toml:"first_frame_timeout"`
+	// MaxPendingHandshakesPerUID bounds concurrent handshakes from one
+	// peer uid (SO_PEERCRED).
+	MaxPendingHandshakesPerUID int `toml:"max_pending_handshakes_per_uid"`
+	// AllowedPeerUIDs and AllowedPeerGIDs, when either is set, admit to
+	// the handshake only peers with a listed uid or (primary) gid.
+	AllowedPeerUIDs []uint32 `toml:"allowed_peer_uids"`
+	AllowedPeerGIDs []uint32 `toml:"allowed_peer_gids"`
 	// KeyFile is the gateway's own key, for plugins that pin it.
 	KeyFile string `toml:"key_file"`
 
@@ -139,6 +149,11 @@ func (c *Config) authConfig() pluginauth.ServerConfig {
 		HandshakeTimeout:      c.HandshakeTimeout,
 		MaxPendingHandshakes:  c.MaxPendingHandshakes,
 		KeyFile:               c.KeyFile,
+
+		FirstFrameTimeout:          c.FirstFrameTimeout,
+		MaxPendingHandshakesPerUID: c.MaxPendingHandshakesPerUID,
+		AllowedPeerUIDs:            c.AllowedPeerUIDs,
+		AllowedPeerGIDs:            c.AllowedPeerGIDs,
 	}
 	for _, r := range c.Roles {
 		ac.Roles = append(ac.Roles, r.RoleConfig)

@@ -61,8 +61,14 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Gateway, err
 		return nil, err
 	}
 	nrilog.Install(log)
+	audit, err := nripolicy.NewAudit(log, reg)
+	if err != nil {
+		return nil, err
+	}
 	var opts []pluginauth.ServerOption
-	opts = append(opts, pluginauth.WithLogger(log))
+	opts = append(opts, pluginauth.WithLogger(log), pluginauth.WithRefusalHook(func(ctx context.Context, r pluginauth.Refusal) {
+		audit.Record(ctx, handshakeDecision(r))
+	}))
 	if cfg.KeyFile != "" {
 		k, err := pluginauth.LoadPrivateKeyFile(cfg.KeyFile)
 		if err != nil {
@@ -73,10 +79,6 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Gateway, err
 	auth, err := pluginauth.NewServer(cfg.authConfig(), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("nri-gateway: %w", err)
-	}
-	audit, err := nripolicy.NewAudit(log, reg)
-	if err != nil {
-		return nil, err
 	}
 	policies, globals := cfg.policies()
 	g := &Gateway{
@@ -183,6 +185,25 @@ func (g *Gateway) Run(ctx context.Context) error {
 			return fmt.Errorf("nri-gateway: accept: %w", err)
 		}
 		wg.Go(func() { g.serve(ctx, conn) })
+	}
+}
+
+// handshakeDecision is the audit record of a refused connection.
+func handshakeDecision(r pluginauth.Refusal) nripolicy.Decision {
+	role := r.Role
+	if role == "" {
+		role = nripolicy.UnauthenticatedRole
+	}
+	peer := "remote " + r.Remote
+	if p := r.Peer; p != nil {
+		peer = fmt.Sprintf("uid %d gid %d pid %d", p.UID, p.GID, p.PID)
+	}
+	return nripolicy.Decision{
+		Subject: nripolicy.Subject{Plugin: r.Plugin, Role: role, Fingerprint: r.Key},
+		Event:   "handshake",
+		Field:   "Peer",
+		Key:     peer,
+		Reason:  r.Reason,
 	}
 }
 
