@@ -157,14 +157,18 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	wg.Go(func() { g.upstreamLoop(ctx) })
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	wg.Go(func() {
+		if err := g.upstreamLoop(ctx); err != nil {
+			cancel(err)
+		}
+	})
 
 	select {
 	case <-g.up.state.synced:
 	case <-ctx.Done():
-		return nil
+		return stopped(ctx)
 	}
 	ln, err := g.listen()
 	if err != nil {
@@ -180,7 +184,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		conn, err := aln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return stopped(ctx)
 			}
 			return fmt.Errorf("nri-gateway: accept: %w", err)
 		}
@@ -205,6 +209,15 @@ func handshakeDecision(r pluginauth.Refusal) nripolicy.Decision {
 		Key:     peer,
 		Reason:  r.Reason,
 	}
+}
+
+// stopped is Run's result once ctx is done: nil when its parent was
+// canceled, the reason when the gateway itself had to stop.
+func stopped(ctx context.Context) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		return c
+	}
+	return nil
 }
 
 // listen creates the plugins' socket, root-only or group-restricted.
@@ -389,18 +402,36 @@ func (g *Gateway) updateUpstream(_ context.Context, updates []*api.ContainerUpda
 // upstreamLoop keeps one connection to the runtime, reconnecting with
 // exponential backoff; the runtime resynchronizes the gateway on each
 // connection.
-func (g *Gateway) upstreamLoop(ctx context.Context) {
+//
+// Launched by the runtime (containerd's plugin_path, the only way in with
+// disable_connections), the gateway speaks NRI on the socket it inherited
+// (NRI_PLUGIN_SOCKET); it cannot reconnect once that closes, so it returns
+// an error then, and the runtime launches it again when it restarts.
+func (g *Gateway) upstreamLoop(ctx context.Context) error {
+	launched := os.Getenv(api.PluginSocketEnvVar) != ""
+	if launched {
+		g.log.Info("launched by the runtime: using its pre-connected NRI socket", "fd", os.Getenv(api.PluginSocketEnvVar))
+		// The runtime names a launched plugin after its file, and the
+		// stub takes that name from the environment.
+		name, idx := os.Getenv(api.PluginNameEnvVar), os.Getenv(api.PluginIdxEnvVar)
+		if name != g.cfg.PluginName || idx != g.cfg.PluginIndex {
+			g.log.Warn("the runtime launched the gateway under another name than plugin_index-plugin_name; name its file in plugin_path after them",
+				"launched_as", idx+"-"+name, "configured", g.cfg.PluginIndex+"-"+g.cfg.PluginName)
+		}
+		g.up.self = idx + "-" + name
+	}
 	backoff := 100 * time.Millisecond
 	maxBackoff := time.Duration(g.cfg.ReconnectMaxBackoff)
 	for ctx.Err() == nil {
 		closed := make(chan struct{})
 		var once sync.Once
 		opts := []stub.Option{
-			stub.WithPluginName(g.cfg.PluginName),
-			stub.WithPluginIdx(g.cfg.PluginIndex),
-			stub.WithSocketPath(g.cfg.UpstreamSocket),
 			stub.WithOnClose(func() { once.Do(func() { close(closed) }) }),
 			stub.WithFailurePolicy(&api.FailurePolicy{FailRequest: g.cfg.FailClosed, KeepConnected: true}),
+		}
+		if !launched {
+			opts = append(opts, stub.WithPluginName(g.cfg.PluginName), stub.WithPluginIdx(g.cfg.PluginIndex),
+				stub.WithSocketPath(g.cfg.UpstreamSocket))
 		}
 		var plugin any = g.up
 		if !g.cfg.ValidateUpstream {
@@ -410,12 +441,15 @@ func (g *Gateway) upstreamLoop(ctx context.Context) {
 		if err == nil {
 			err = s.Start(ctx)
 		}
+		if err != nil && launched {
+			return fmt.Errorf("nri-gateway: the runtime's pre-connected NRI socket: %w", err)
+		}
 		if err != nil {
 			g.log.Warn("cannot connect to the runtime's NRI socket; retrying", "socket", g.cfg.UpstreamSocket, "err", err, "backoff", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
-				return
+				return nil
 			}
 			backoff = min(2*backoff, maxBackoff)
 			continue
@@ -424,16 +458,24 @@ func (g *Gateway) upstreamLoop(ctx context.Context) {
 		g.mu.Lock()
 		g.stub = s
 		g.mu.Unlock()
+		lost := false
 		select {
 		case <-closed:
-			g.log.Warn("lost the runtime's NRI connection; reconnecting")
+			lost = true
 		case <-ctx.Done():
 		}
 		g.mu.Lock()
 		g.stub = nil
 		g.mu.Unlock()
 		s.Stop()
+		if lost && launched {
+			return errors.New("nri-gateway: the runtime closed the NRI connection it launched the gateway with; a launched gateway cannot reconnect (the runtime launches it again when it restarts)")
+		}
+		if lost {
+			g.log.Warn("lost the runtime's NRI connection; reconnecting")
+		}
 	}
+	return nil
 }
 
 // nonValidating hides upstream's validator method, for runtimes or setups

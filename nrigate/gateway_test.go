@@ -562,13 +562,20 @@ func TestConfig(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
+	if path := os.Getenv(gatewayHelperEnv); path != "" {
+		os.Exit(gatewayHelper(path))
+	}
 	if socket := os.Getenv(runtimeHelperEnv); socket != "" {
 		nrilog.Install(slog.New(slog.DiscardHandler))
 		os.Exit(runtimeHelper(socket))
 	}
 	// NRI's logger is process-wide: install it before any NRI goroutine
 	// starts.
-	nrilog.Install(slog.New(slog.DiscardHandler))
+	if os.Getenv("TG_DEBUG_NRI") != "" {
+		nrilog.Install(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	} else {
+		nrilog.Install(slog.New(slog.DiscardHandler))
+	}
 	os.Exit(m.Run())
 }
 
