@@ -18,8 +18,10 @@ import (
 
 func TestPendingByUID(t *testing.T) {
 	p := newPendingByUID(2)
-	if !p.acquire(1000) || !p.acquire(1000) {
-		t.Fatal("uid 1000 could not take its two slots")
+	for i := range 2 {
+		if !p.acquire(1000) {
+			t.Fatalf("uid 1000 could not take slot %d of 2", i+1)
+		}
 	}
 	if p.acquire(1000) {
 		t.Fatal("uid 1000 took a third slot")
