@@ -3,6 +3,7 @@ package pluginauth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -83,7 +84,7 @@ func closedByServer(c net.Conn, wait time.Duration) bool {
 // dialAs connects to path from a thread running as uid: Linux records the
 // connecting thread's credentials (SO_PEERCRED). The thread stays locked
 // and is discarded when the goroutine ends.
-func dialAs(t *testing.T, path string, uid, gid int, n int) []net.Conn {
+func dialAs(t testing.TB, path string, uid, gid int, n int) []net.Conn {
 	t.Helper()
 	type res struct {
 		c   []net.Conn
@@ -122,7 +123,7 @@ func dialAs(t *testing.T, path string, uid, gid int, n int) []net.Conn {
 }
 
 // worldSocket listens on a socket any uid may connect to.
-func worldSocket(t *testing.T) (net.Listener, string) {
+func worldSocket(t testing.TB) (net.Listener, string) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "pluginauth")
 	if err != nil {
@@ -280,5 +281,47 @@ func TestHandshakeRefusalHook(t *testing.T) {
 	}
 	if r := rf.wait(t, "may not claim"); r.Role != "a" || r.Plugin != "10-bad" {
 		t.Fatalf("refusal %+v", r)
+	}
+}
+
+// BenchmarkDialWithSilentPeers measures a plugin's connection through the
+// Listener (handshake and Accept) with 136 silent peers of another uid
+// connected first, against none: the review saw 136 such peers delay a
+// plugin by 4.8s.
+func BenchmarkDialWithSilentPeers(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root to connect as another uid")
+	}
+	for _, silent := range []int{0, 136} {
+		b.Run(fmt.Sprintf("silent=%d", silent), func(b *testing.B) {
+			k := mustKey(b)
+			cfg := DefaultServerConfig()
+			cfg.Roles = []RoleConfig{roleCfg("a", []string{"*"}, []string{"*"}, k)}
+			s := newTestServer(b, cfg, WithRefusalHook(func(context.Context, Refusal) {}))
+			inner, path := worldSocket(b)
+			l := s.Listen(inner)
+			defer l.Close()
+			if silent > 0 {
+				dialAs(b, path, 65534, 65534, silent)
+			}
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
+				}
+			}()
+			ctx := context.Background()
+			b.ResetTimer()
+			for range b.N {
+				pc, err := Dial(ctx, path, k, "p", "10")
+				if err != nil {
+					b.Fatal(err)
+				}
+				pc.Close()
+			}
+		})
 	}
 }
