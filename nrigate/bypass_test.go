@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -281,5 +282,68 @@ func TestHandshakeRefusalIsAudited(t *testing.T) {
 	})
 	if n := e.decisions("(unauthenticated)", "deny"); n != 1 {
 		t.Fatalf("unauthenticated deny decisions %v, want 1", n)
+	}
+}
+
+// TestGatewayOwnedValuesAreCompared drives the upstream validator with
+// NRI's own owner records: fields owned under the gateway's name pass only
+// with the values the gateway returned, in the created container and in
+// updates of others.
+func TestGatewayOwnedValuesAreCompared(t *testing.T) {
+	const self = "10-trustgate-gateway"
+	mem := func(limit int64) *api.LinuxResources { return &api.LinuxResources{Memory: &api.LinuxMemory{Limit: api.Int64(limit)}} }
+	type call struct {
+		issuedAdj  *api.ContainerAdjustment
+		issuedUpd  []*api.ContainerUpdate
+		final      *api.ContainerAdjustment
+		finalUpd   []*api.ContainerUpdate
+		claim      func(o *api.OwningPlugins) error
+		wantRefuse bool
+	}
+	adjMem := func(limit int64) *api.ContainerAdjustment {
+		return &api.ContainerAdjustment{Linux: &api.LinuxContainerAdjustment{Resources: mem(limit)}}
+	}
+	upd := func(limit int64) []*api.ContainerUpdate {
+		return []*api.ContainerUpdate{{ContainerId: "c2", Linux: &api.LinuxContainerUpdate{Resources: mem(limit)}}}
+	}
+	for name, c := range map[string]call{
+		"memory limit as returned": {issuedAdj: adjMem(64 << 20), final: adjMem(64 << 20),
+			claim: func(o *api.OwningPlugins) error { return o.ClaimMemLimit("c1", self) }},
+		"memory limit changed under the gateway's name": {issuedAdj: adjMem(64 << 20), final: adjMem(96 << 20),
+			claim: func(o *api.OwningPlugins) error { return o.ClaimMemLimit("c1", self) }, wantRefuse: true},
+		"memory limit the gateway never returned": {final: adjMem(96 << 20),
+			claim: func(o *api.OwningPlugins) error { return o.ClaimMemLimit("c1", self) }, wantRefuse: true},
+		"update of another container as returned": {issuedUpd: upd(64 << 20), finalUpd: upd(64 << 20),
+			claim: func(o *api.OwningPlugins) error { return o.ClaimMemLimit("c2", self) }},
+		"update of another container changed": {issuedUpd: upd(64 << 20), finalUpd: upd(96 << 20),
+			claim: func(o *api.OwningPlugins) error { return o.ClaimMemLimit("c2", self) }, wantRefuse: true},
+		"hooks of an impostor next to the gateway's": {
+			issuedAdj: &api.ContainerAdjustment{Hooks: &api.Hooks{Prestart: []*api.Hook{{Path: "/gw"}}}},
+			final:     &api.ContainerAdjustment{Hooks: &api.Hooks{Prestart: []*api.Hook{{Path: "/gw"}, {Path: "/evil"}}}},
+			claim: func(o *api.OwningPlugins) error {
+				if err := o.ClaimHooks("c1", self); err != nil {
+					return err
+				}
+				return o.ClaimHooks("c1", self)
+			}, wantRefuse: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			u := &upstream{log: slog.New(slog.DiscardHandler), self: self, issued: newIssuedLog()}
+			u.issued.put("c1", c.issuedAdj, c.issuedUpd, time.Now())
+			o := api.NewOwningPlugins()
+			if err := c.claim(o); err != nil {
+				t.Fatal(err)
+			}
+			err := u.ValidateContainerAdjustment(context.Background(), &api.ValidateContainerAdjustmentRequest{
+				Container: &api.Container{Id: "c1"}, Adjust: c.final, Update: c.finalUpd, Owners: o,
+				Plugins: []*api.PluginInstance{{Name: "trustgate-gateway", Index: "10"}},
+			})
+			if (err != nil) != c.wantRefuse {
+				t.Fatalf("err %v, want refused=%v", err, c.wantRefuse)
+			}
+			if u.issued.len() != 0 {
+				t.Fatal("the record outlived the validation")
+			}
+		})
 	}
 }
