@@ -291,7 +291,9 @@ func TestHandshakeRefusalIsAudited(t *testing.T) {
 // updates of others.
 func TestGatewayOwnedValuesAreCompared(t *testing.T) {
 	const self = "10-trustgate-gateway"
-	mem := func(limit int64) *api.LinuxResources { return &api.LinuxResources{Memory: &api.LinuxMemory{Limit: api.Int64(limit)}} }
+	mem := func(limit int64) *api.LinuxResources {
+		return &api.LinuxResources{Memory: &api.LinuxMemory{Limit: api.Int64(limit)}}
+	}
 	type call struct {
 		issuedAdj  *api.ContainerAdjustment
 		issuedUpd  []*api.ContainerUpdate
