@@ -38,8 +38,20 @@ type Config struct {
 	// RegistrationTimeout bounds a plugin's wait between authenticating
 	// and registering, and NRI's registration.
 	RegistrationTimeout pluginauth.Duration `toml:"registration_timeout"`
-	// RequestTimeout bounds each NRI request to a downstream plugin.
+	// RuntimeRequestTimeout is the runtime's own timeout for each NRI
+	// request to the gateway: containerd's plugin_request_timeout
+	// (default 2s). The gateway must answer within it.
+	RuntimeRequestTimeout pluginauth.Duration `toml:"runtime_request_timeout"`
+	// RequestTimeout bounds each NRI request to a downstream plugin. It
+	// must be below RuntimeRequestTimeout, so that the gateway drops a slow
+	// plugin and still answers the runtime in time. Zero derives it:
+	// three quarters of RuntimeRequestTimeout.
 	RequestTimeout pluginauth.Duration `toml:"request_timeout"`
+	// FailClosed asks the runtime (NRI failure policy fail_request) to fail
+	// a request that the gateway does not answer in time, instead of going
+	// on without the gateway, and so without its policy. The gateway always
+	// asks to stay registered after a timeout (keep_connected).
+	FailClosed bool `toml:"fail_closed"`
 	// ReconnectMaxBackoff caps the wait between upstream reconnections.
 	ReconnectMaxBackoff pluginauth.Duration `toml:"reconnect_max_backoff"`
 	// ValidateUpstream registers the gateway as a validator upstream,
@@ -48,6 +60,11 @@ type Config struct {
 	// AllowUpstreamPlugins lists plugins ("<index>-<name>", globs) that
 	// may adjust containers upstream without the gateway.
 	AllowUpstreamPlugins nripolicy.Globs `toml:"allow_upstream_plugins"`
+	// KnownUpstreamPlugins lists plugins ("<index>-<name>", globs) expected
+	// on the runtime's socket that adjust nothing, such as containerd's
+	// built-in "00-default-validator": the gateway does not alert on them.
+	// Their adjustments are refused all the same.
+	KnownUpstreamPlugins nripolicy.Globs `toml:"known_upstream_plugins"`
 
 	// RequireAuthentication refuses plugins without a key; otherwise they
 	// get the role "default".
@@ -56,6 +73,16 @@ type Config struct {
 	HandshakeTimeout pluginauth.Duration `toml:"handshake_timeout"`
 	// MaxPendingHandshakes bounds concurrent handshakes.
 	MaxPendingHandshakes int `toml:"max_pending_handshakes"`
+	// FirstFrameTimeout bounds the wait for a plugin's first handshake
+	// frame; a peer that stays silent is dropped then.
+	FirstFrameTimeout pluginauth.Duration `toml:"first_frame_timeout"`
+	// MaxPendingHandshakesPerUID bounds concurrent handshakes from one
+	// peer uid (SO_PEERCRED).
+	MaxPendingHandshakesPerUID int `toml:"max_pending_handshakes_per_uid"`
+	// AllowedPeerUIDs and AllowedPeerGIDs, when either is set, admit to
+	// the handshake only peers with a listed uid or (primary) gid.
+	AllowedPeerUIDs []uint32 `toml:"allowed_peer_uids"`
+	AllowedPeerGIDs []uint32 `toml:"allowed_peer_gids"`
 	// KeyFile is the gateway's own key, for plugins that pin it.
 	KeyFile string `toml:"key_file"`
 
@@ -86,6 +113,35 @@ func DefaultConfig() Config {
 	return c
 }
 
+// RequestTimeoutMargin is the least time the gateway keeps, within the
+// runtime's request timeout, for its own work after dropping a slow plugin
+// (collation, policy, relaying the answer). A request_timeout closer to
+// runtime_request_timeout than this draws a start-up warning.
+const RequestTimeoutMargin = 250 * time.Millisecond
+
+// derivedRequestTimeout is the default request_timeout for a runtime
+// timeout rt: three quarters of it (1.5s for containerd's 2s).
+func derivedRequestTimeout(rt time.Duration) time.Duration { return rt * 3 / 4 }
+
+// requestTimeout is the timeout of each NRI request to a downstream
+// plugin: request_timeout, or derived from runtime_request_timeout.
+func (c *Config) requestTimeout() time.Duration {
+	if c.RequestTimeout > 0 {
+		return time.Duration(c.RequestTimeout)
+	}
+	return derivedRequestTimeout(time.Duration(c.RuntimeRequestTimeout))
+}
+
+// timeoutWarning says why request_timeout is too close to the runtime's,
+// or returns "".
+func (c *Config) timeoutWarning() string {
+	rt, rq := time.Duration(c.RuntimeRequestTimeout), c.requestTimeout()
+	if rt-rq >= RequestTimeoutMargin {
+		return ""
+	}
+	return fmt.Sprintf("request_timeout (%s) leaves less than %s below runtime_request_timeout (%s): a slow plugin can make the runtime time the gateway out", rq, RequestTimeoutMargin, rt)
+}
+
 // authConfig is the pluginauth part of the configuration.
 func (c *Config) authConfig() pluginauth.ServerConfig {
 	ac := pluginauth.ServerConfig{
@@ -93,6 +149,11 @@ func (c *Config) authConfig() pluginauth.ServerConfig {
 		HandshakeTimeout:      c.HandshakeTimeout,
 		MaxPendingHandshakes:  c.MaxPendingHandshakes,
 		KeyFile:               c.KeyFile,
+
+		FirstFrameTimeout:          c.FirstFrameTimeout,
+		MaxPendingHandshakesPerUID: c.MaxPendingHandshakesPerUID,
+		AllowedPeerUIDs:            c.AllowedPeerUIDs,
+		AllowedPeerGIDs:            c.AllowedPeerGIDs,
 	}
 	for _, r := range c.Roles {
 		ac.Roles = append(ac.Roles, r.RoleConfig)
@@ -146,14 +207,23 @@ func (c *Config) Validate() error {
 	if c.PluginName == "" || len(c.PluginIndex) != 2 || c.PluginIndex[0] < '0' || c.PluginIndex[0] > '9' || c.PluginIndex[1] < '0' || c.PluginIndex[1] > '9' {
 		p.Addf("plugin_name = %q, plugin_index = %q: want a name and a two-digit index such as \"10\"", c.PluginName, c.PluginIndex)
 	}
-	for name, d := range map[string]pluginauth.Duration{"registration_timeout": c.RegistrationTimeout, "request_timeout": c.RequestTimeout, "reconnect_max_backoff": c.ReconnectMaxBackoff} {
+	for name, d := range map[string]pluginauth.Duration{"registration_timeout": c.RegistrationTimeout, "runtime_request_timeout": c.RuntimeRequestTimeout, "reconnect_max_backoff": c.ReconnectMaxBackoff} {
 		if time.Duration(d) <= 0 {
 			p.Addf("%s = %q: want a positive duration such as \"5s\"", name, time.Duration(d))
 		}
 	}
-	for _, g := range c.AllowUpstreamPlugins {
-		if _, err := path.Match(g, ""); err != nil {
-			p.Addf("allow_upstream_plugins: pattern %q: %v", g, err)
+	switch rt, rq := time.Duration(c.RuntimeRequestTimeout), time.Duration(c.RequestTimeout); {
+	case rq < 0:
+		p.Addf("request_timeout = %q: want a positive duration, or leave it out to derive it from runtime_request_timeout", rq)
+	case rt > 0 && rq >= rt:
+		p.Addf("request_timeout = %q is not below runtime_request_timeout = %q: the runtime would time the gateway out before the gateway drops a slow plugin, failing every container creation; leave request_timeout out (%s) or set it below %s",
+			rq, rt, derivedRequestTimeout(rt), rt-RequestTimeoutMargin)
+	}
+	for name, globs := range map[string]nripolicy.Globs{"allow_upstream_plugins": c.AllowUpstreamPlugins, "known_upstream_plugins": c.KnownUpstreamPlugins} {
+		for _, g := range globs {
+			if _, err := path.Match(g, ""); err != nil {
+				p.Addf("%s: pattern %q: %v", name, g, err)
+			}
 		}
 	}
 	ac := c.authConfig()

@@ -61,8 +61,14 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Gateway, err
 		return nil, err
 	}
 	nrilog.Install(log)
+	audit, err := nripolicy.NewAudit(log, reg)
+	if err != nil {
+		return nil, err
+	}
 	var opts []pluginauth.ServerOption
-	opts = append(opts, pluginauth.WithLogger(log))
+	opts = append(opts, pluginauth.WithLogger(log), pluginauth.WithRefusalHook(func(ctx context.Context, r pluginauth.Refusal) {
+		audit.Record(ctx, handshakeDecision(r))
+	}))
 	if cfg.KeyFile != "" {
 		k, err := pluginauth.LoadPrivateKeyFile(cfg.KeyFile)
 		if err != nil {
@@ -73,10 +79,6 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Gateway, err
 	auth, err := pluginauth.NewServer(cfg.authConfig(), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("nri-gateway: %w", err)
-	}
-	audit, err := nripolicy.NewAudit(log, reg)
-	if err != nil {
-		return nil, err
 	}
 	policies, globals := cfg.policies()
 	g := &Gateway{
@@ -89,11 +91,29 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Gateway, err
 		private:  filepath.Join(cfg.StateDir, "runtime.sock"),
 	}
 	g.validator = nripolicy.NewValidator(g.registry, globals, audit)
+	foreign := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "trustgate_nri_foreign_plugins_total",
+		Help: "Plugins seen taking part in a container creation on the runtime's NRI socket without coming through the gateway (or registered twice under one name), per creation.",
+	}, []string{"plugin"})
+	if reg != nil {
+		if err := reg.Register(foreign); err != nil {
+			return nil, fmt.Errorf("nri-gateway: register metrics: %w", err)
+		}
+	}
+	roles := []string{nripolicy.UpstreamRole, nripolicy.UnauthenticatedRole}
+	for r := range policies {
+		roles = append(roles, r)
+	}
+	audit.Init(roles...)
 	g.up = &upstream{
-		log:         log,
-		self:        cfg.PluginIndex + "-" + cfg.PluginName,
-		allowOwners: cfg.AllowUpstreamPlugins,
-		state:       newState(),
+		log:          log,
+		self:         cfg.PluginIndex + "-" + cfg.PluginName,
+		allowOwners:  cfg.AllowUpstreamPlugins,
+		knownPlugins: cfg.KnownUpstreamPlugins,
+		state:        newState(),
+		issued:       newIssuedLog(),
+		audit:        audit,
+		foreign:      foreign,
 	}
 	return g, nil
 }
@@ -108,7 +128,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return fmt.Errorf("nri-gateway: state dir: %w", err)
 	}
 	adaptation.SetPluginRegistrationTimeout(time.Duration(g.cfg.RegistrationTimeout))
-	adaptation.SetPluginRequestTimeout(time.Duration(g.cfg.RequestTimeout))
+	// Process-wide in NRI: the gateway is the only adaptation in its
+	// process.
+	adaptation.SetPluginRequestTimeout(g.cfg.requestTimeout())
+	if w := g.cfg.timeoutWarning(); w != "" {
+		g.log.Warn(w)
+	}
 	down, err := adaptation.New("trustgate-nri-gateway", "v1", g.syncPlugin, g.updateUpstream,
 		adaptation.WithPluginPath(filepath.Join(g.cfg.StateDir, "no-plugins")),
 		adaptation.WithPluginConfigPath(filepath.Join(g.cfg.StateDir, "no-plugins")),
@@ -132,14 +157,18 @@ func (g *Gateway) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	wg.Go(func() { g.upstreamLoop(ctx) })
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	wg.Go(func() {
+		if err := g.upstreamLoop(ctx); err != nil {
+			cancel(err)
+		}
+	})
 
 	select {
 	case <-g.up.state.synced:
 	case <-ctx.Done():
-		return nil
+		return stopped(ctx)
 	}
 	ln, err := g.listen()
 	if err != nil {
@@ -155,12 +184,40 @@ func (g *Gateway) Run(ctx context.Context) error {
 		conn, err := aln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return stopped(ctx)
 			}
 			return fmt.Errorf("nri-gateway: accept: %w", err)
 		}
 		wg.Go(func() { g.serve(ctx, conn) })
 	}
+}
+
+// handshakeDecision is the audit record of a refused connection.
+func handshakeDecision(r pluginauth.Refusal) nripolicy.Decision {
+	role := r.Role
+	if role == "" {
+		role = nripolicy.UnauthenticatedRole
+	}
+	peer := "remote " + r.Remote
+	if p := r.Peer; p != nil {
+		peer = fmt.Sprintf("uid %d gid %d pid %d", p.UID, p.GID, p.PID)
+	}
+	return nripolicy.Decision{
+		Subject: nripolicy.Subject{Plugin: r.Plugin, Role: role, Fingerprint: r.Key},
+		Event:   "handshake",
+		Field:   "Peer",
+		Key:     peer,
+		Reason:  r.Reason,
+	}
+}
+
+// stopped is Run's result once ctx is done: nil when its parent was
+// canceled, the reason when the gateway itself had to stop.
+func stopped(ctx context.Context) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		return c
+	}
+	return nil
 }
 
 // listen creates the plugins' socket, root-only or group-restricted.
@@ -345,17 +402,36 @@ func (g *Gateway) updateUpstream(_ context.Context, updates []*api.ContainerUpda
 // upstreamLoop keeps one connection to the runtime, reconnecting with
 // exponential backoff; the runtime resynchronizes the gateway on each
 // connection.
-func (g *Gateway) upstreamLoop(ctx context.Context) {
+//
+// Launched by the runtime (containerd's plugin_path, the only way in with
+// disable_connections), the gateway speaks NRI on the socket it inherited
+// (NRI_PLUGIN_SOCKET); it cannot reconnect once that closes, so it returns
+// an error then, and the runtime launches it again when it restarts.
+func (g *Gateway) upstreamLoop(ctx context.Context) error {
+	launched := os.Getenv(api.PluginSocketEnvVar) != ""
+	if launched {
+		g.log.Info("launched by the runtime: using its pre-connected NRI socket", "fd", os.Getenv(api.PluginSocketEnvVar))
+		// The runtime names a launched plugin after its file, and the
+		// stub takes that name from the environment.
+		name, idx := os.Getenv(api.PluginNameEnvVar), os.Getenv(api.PluginIdxEnvVar)
+		if name != g.cfg.PluginName || idx != g.cfg.PluginIndex {
+			g.log.Warn("the runtime launched the gateway under another name than plugin_index-plugin_name; name its file in plugin_path after them",
+				"launched_as", idx+"-"+name, "configured", g.cfg.PluginIndex+"-"+g.cfg.PluginName)
+		}
+		g.up.self = idx + "-" + name
+	}
 	backoff := 100 * time.Millisecond
 	maxBackoff := time.Duration(g.cfg.ReconnectMaxBackoff)
 	for ctx.Err() == nil {
 		closed := make(chan struct{})
 		var once sync.Once
 		opts := []stub.Option{
-			stub.WithPluginName(g.cfg.PluginName),
-			stub.WithPluginIdx(g.cfg.PluginIndex),
-			stub.WithSocketPath(g.cfg.UpstreamSocket),
 			stub.WithOnClose(func() { once.Do(func() { close(closed) }) }),
+			stub.WithFailurePolicy(&api.FailurePolicy{FailRequest: g.cfg.FailClosed, KeepConnected: true}),
+		}
+		if !launched {
+			opts = append(opts, stub.WithPluginName(g.cfg.PluginName), stub.WithPluginIdx(g.cfg.PluginIndex),
+				stub.WithSocketPath(g.cfg.UpstreamSocket))
 		}
 		var plugin any = g.up
 		if !g.cfg.ValidateUpstream {
@@ -365,12 +441,15 @@ func (g *Gateway) upstreamLoop(ctx context.Context) {
 		if err == nil {
 			err = s.Start(ctx)
 		}
+		if err != nil && launched {
+			return fmt.Errorf("nri-gateway: the runtime's pre-connected NRI socket: %w", err)
+		}
 		if err != nil {
 			g.log.Warn("cannot connect to the runtime's NRI socket; retrying", "socket", g.cfg.UpstreamSocket, "err", err, "backoff", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():
-				return
+				return nil
 			}
 			backoff = min(2*backoff, maxBackoff)
 			continue
@@ -379,16 +458,24 @@ func (g *Gateway) upstreamLoop(ctx context.Context) {
 		g.mu.Lock()
 		g.stub = s
 		g.mu.Unlock()
+		lost := false
 		select {
 		case <-closed:
-			g.log.Warn("lost the runtime's NRI connection; reconnecting")
+			lost = true
 		case <-ctx.Done():
 		}
 		g.mu.Lock()
 		g.stub = nil
 		g.mu.Unlock()
 		s.Stop()
+		if lost && launched {
+			return errors.New("nri-gateway: the runtime closed the NRI connection it launched the gateway with; a launched gateway cannot reconnect (the runtime launches it again when it restarts)")
+		}
+		if lost {
+			g.log.Warn("lost the runtime's NRI connection; reconnecting")
+		}
 	}
+	return nil
 }
 
 // nonValidating hides upstream's validator method, for runtimes or setups

@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustgate/trustgate/config"
 	"github.com/trustgate/trustgate/nrigate/nrilog"
@@ -140,6 +141,7 @@ type env struct {
 	cancel context.CancelFunc
 	done   chan error
 	keys   map[string]*pluginauth.PrivateKey
+	reg    *prometheus.Registry
 }
 
 func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
@@ -161,7 +163,6 @@ func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
 	c.UpstreamSocket = e.rt.socket
 	c.Socket = filepath.Join(dir, "gw.sock")
 	c.StateDir = filepath.Join(dir, "state")
-	c.RequestTimeout = pluginauth.Duration(2 * time.Second)
 	c.HandshakeTimeout = pluginauth.Duration(500 * time.Millisecond)
 	role := func(name, plugin, idx string, p nripolicy.Policy) Role {
 		return Role{RoleConfig: pluginauth.RoleConfig{Role: name, Keys: []string{e.keys[name].Public().String()},
@@ -184,7 +185,8 @@ func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
 func (e *env) start() {
 	e.t.Helper()
 	log := slog.New(slog.NewJSONHandler(e.logs, nil))
-	g, err := New(e.cfg, log, nil)
+	e.reg = prometheus.NewRegistry()
+	g, err := New(e.cfg, log, e.reg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -560,9 +562,20 @@ func TestConfig(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
+	if path := os.Getenv(gatewayHelperEnv); path != "" {
+		os.Exit(gatewayHelper(path))
+	}
+	if socket := os.Getenv(runtimeHelperEnv); socket != "" {
+		nrilog.Install(slog.New(slog.DiscardHandler))
+		os.Exit(runtimeHelper(socket))
+	}
 	// NRI's logger is process-wide: install it before any NRI goroutine
 	// starts.
-	nrilog.Install(slog.New(slog.DiscardHandler))
+	if os.Getenv("TG_DEBUG_NRI") != "" {
+		nrilog.Install(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	} else {
+		nrilog.Install(slog.New(slog.DiscardHandler))
+	}
 	os.Exit(m.Run())
 }
 
@@ -691,7 +704,7 @@ func TestRuntimeRestartReconnectsAndPolices(t *testing.T) {
 }
 
 func TestUpstreamAllowList(t *testing.T) {
-	u := &upstream{log: slog.New(slog.DiscardHandler), self: "10-trustgate-gateway", allowOwners: nripolicy.Globs{"05-legacy-*"}}
+	u := &upstream{log: slog.New(slog.DiscardHandler), self: "10-trustgate-gateway", allowOwners: nripolicy.Globs{"05-legacy-*"}, issued: newIssuedLog()}
 	req := func(owner string) *api.ValidateContainerAdjustmentRequest {
 		o := api.NewOwningPlugins()
 		if err := o.ClaimEnv("c1", "X", owner); err != nil {

@@ -7,9 +7,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/trustgate/trustgate/nripolicy"
@@ -26,7 +28,16 @@ type upstream struct {
 	// allowOwners lists the plugins that may adjust containers upstream
 	// without coming through the gateway.
 	allowOwners nripolicy.Globs
-	state       *state
+	// knownPlugins lists upstream plugins that are expected to take part
+	// (the runtime's built-in validator, say), not alerted on.
+	knownPlugins nripolicy.Globs
+	state        *state
+	// issued is what the gateway returned per container being created.
+	issued *issuedLog
+	audit  *nripolicy.Audit
+	// foreign counts plugins seen on the runtime's socket that did not
+	// come through the gateway.
+	foreign *prometheus.CounterVec
 }
 
 // state is the runtime's pods and containers as the gateway last saw them;
@@ -164,6 +175,7 @@ func (u *upstream) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr
 		u.log.Warn("downstream plugins asked for evictions, which the gateway cannot relay", "container", ctr.GetId(), "evictions", len(rsp.Evict))
 	}
 	u.state.putContainer(ctr)
+	u.issued.put(ctr.GetId(), rsp.Adjust, rsp.Update, time.Now())
 	return rsp.Adjust, rsp.Update, nil
 }
 
@@ -206,42 +218,135 @@ func (u *upstream) StopContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 
 func (u *upstream) RemoveContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) error {
 	u.state.removeContainer(ctr)
+	u.issued.forget(ctr.GetId())
 	return u.down.RemoveContainer(ctx, &api.RemoveContainerRequest{Pod: pod, Container: ctr})
 }
 
 // ValidateContainerAdjustment closes the bypass: upstream, only the gateway
-// itself and explicitly allowed plugins may adjust containers, so a plugin
-// cannot skip authentication by dialing the runtime's socket directly.
-func (u *upstream) ValidateContainerAdjustment(_ context.Context, req *api.ValidateContainerAdjustmentRequest) error {
-	var offenders []string
-	for _, c := range ownersOf(req.GetOwners(), req.GetContainer().GetId()) {
-		if c != u.self && !u.allowOwners.Match(c) {
-			offenders = append(offenders, c)
+// itself and explicitly allowed plugins may adjust or update containers, so
+// a plugin cannot skip authentication by dialing the runtime's socket
+// directly. Fields owned under the gateway's own name must hold exactly
+// what the gateway returned for this container: containerd accepts a second
+// plugin registered under the same name, and its claims carry that name.
+// Device cgroup rules, which NRI records no owner for, must be the
+// gateway's unless an allowed upstream plugin took part. Every refusal is
+// an audit record.
+func (u *upstream) ValidateContainerAdjustment(ctx context.Context, req *api.ValidateContainerAdjustmentRequest) error {
+	created := req.GetContainer().GetId()
+	rec := u.issued.take(created)
+	if rec == nil {
+		rec = &issued{}
+	}
+	allowedTookPart := u.watchPlugins(ctx, req.GetPlugins(), req.GetPod(), created)
+	var refusals []nripolicy.Decision
+	refuse := func(plugin, ctr string, field api.Field, key, reason string) {
+		refusals = append(refusals, nripolicy.Decision{
+			Subject:   nripolicy.Subject{Plugin: plugin, Role: nripolicy.UpstreamRole},
+			Event:     "create",
+			Pod:       podName(req.GetPod()),
+			Container: ctr,
+			Field:     field.String(),
+			Key:       key,
+			Reason:    reason,
+		})
+	}
+	check := func(ctr string, field api.Field, key, owners string) {
+		for _, o := range strings.Split(owners, ",") {
+			o = api.ClearRemovalMarker(o)
+			switch {
+			case o == u.self:
+				got, known := ownedValue(req.GetAdjust(), req.GetUpdate(), created, ctr, field, key)
+				want, _ := ownedValue(rec.adjust, rec.updates, created, ctr, field, key)
+				switch {
+				case !known:
+					refuse(o, ctr, field, key, "a field the gateway does not know is owned under its name: another plugin is registered under the gateway's name")
+				case !sameValue(got, want):
+					refuse(o, ctr, field, key, "owned under the gateway's name but not what the gateway returned for this container: another plugin is registered under the gateway's name")
+				}
+			case u.allowOwners.Match(o):
+			default:
+				refuse(o, ctr, field, key, "adjusted the container without authenticating through the gateway")
+			}
 		}
 	}
-	if len(offenders) == 0 {
+	for ctr, fo := range req.GetOwners().GetOwners() {
+		for f, o := range fo.GetSimple() {
+			check(ctr, api.Field(f), "", o)
+		}
+		for f, c := range fo.GetCompound() {
+			for k, o := range c.GetOwners() {
+				check(ctr, api.Field(f), k, o)
+			}
+		}
+	}
+	if !allowedTookPart {
+		got := req.GetAdjust().GetLinux().GetResources().GetDevices()
+		want := rec.adjust.GetLinux().GetResources().GetDevices()
+		if !protoSlicesEqual(got, want) {
+			refuse("(unknown)", created, api.Field_None, "linux.resources.devices",
+				"device cgroup rules (which NRI records no owner for) differ from what the gateway returned: a plugin that did not come through the gateway added them")
+		}
+	}
+	if len(refusals) == 0 {
 		return nil
 	}
-	slices.Sort(offenders)
+	slices.SortFunc(refusals, func(a, b nripolicy.Decision) int {
+		return strings.Compare(a.Subject.Plugin+a.Container+a.Field+a.Key, b.Subject.Plugin+b.Container+b.Field+b.Key)
+	})
+	var offenders []string
+	for _, d := range refusals {
+		if u.audit != nil {
+			u.audit.Record(ctx, d)
+		}
+		offenders = append(offenders, d.Subject.Plugin)
+	}
 	offenders = slices.Compact(offenders)
-	u.log.Warn("rejected adjustment by plugins that bypassed the gateway", "container", req.GetContainer().GetId(), "plugins", offenders)
-	return fmt.Errorf("trustgate: plugins %s adjusted the container without authenticating through the gateway", strings.Join(offenders, ", "))
+	return fmt.Errorf("trustgate: plugins %s adjusted the container without authenticating through the gateway (%s %s: %s)",
+		strings.Join(offenders, ", "), refusals[0].Field, refusals[0].Key, refusals[0].Reason)
 }
 
-// ownersOf lists every plugin that claimed a field of container id.
-func ownersOf(o *api.OwningPlugins, id string) []string {
-	fo := o.GetOwners()[id]
-	if fo == nil {
-		return nil
-	}
-	var out []string
-	for _, owner := range fo.Simple {
-		out = append(out, api.ClearRemovalMarker(owner))
-	}
-	for _, comp := range fo.Compound {
-		for _, owner := range comp.GetOwners() {
-			out = append(out, api.ClearRemovalMarker(owner))
+// watchPlugins alerts, with a log line and a metric, on every plugin that
+// took part in a container's creation without being the gateway, allowed,
+// or known, and on any name registered more than once (a second plugin
+// under the gateway's name above all). It reports whether an allowed
+// upstream plugin took part.
+func (u *upstream) watchPlugins(ctx context.Context, plugins []*api.PluginInstance, pod *api.PodSandbox, ctr string) bool {
+	allowed := false
+	seen := map[string]int{}
+	for _, p := range plugins {
+		name := p.GetIndex() + "-" + p.GetName()
+		seen[name]++
+		switch {
+		case name == u.self:
+		case u.allowOwners.Match(name):
+			allowed = true
+		case u.knownPlugins.Match(name):
+		default:
+			if seen[name] == 1 {
+				u.alertForeign(ctx, name, pod, ctr, "a plugin that did not come through the gateway is connected to the runtime")
+			}
 		}
 	}
-	return out
+	for name, n := range seen {
+		if n > 1 {
+			u.alertForeign(ctx, name, pod, ctr, fmt.Sprintf("%d plugins are registered with the runtime under this name", n))
+		}
+	}
+	return allowed
+}
+
+func (u *upstream) alertForeign(ctx context.Context, name string, pod *api.PodSandbox, ctr, why string) {
+	if u.foreign != nil {
+		u.foreign.WithLabelValues(name).Inc()
+	}
+	u.log.LogAttrs(ctx, slog.LevelWarn, "foreign NRI plugin on the runtime's socket",
+		slog.String("plugin", name), slog.String("pod", podName(pod)), slog.String("container", ctr), slog.String("reason", why))
+}
+
+// podName is a pod's namespace/name, as audit records spell it.
+func podName(p *api.PodSandbox) string {
+	if p == nil {
+		return ""
+	}
+	return p.GetNamespace() + "/" + p.GetName()
 }

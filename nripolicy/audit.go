@@ -20,10 +20,19 @@ type Subject struct {
 	Policy *Policy
 }
 
+// UpstreamRole is the role in audit records of plugins that reached the
+// runtime without coming through the gateway.
+const UpstreamRole = "(upstream)"
+
+// UnauthenticatedRole is the role in audit records of a connection refused
+// before its key mapped to a role.
+const UnauthenticatedRole = "(unauthenticated)"
+
 // Decision is one audited verdict on one field.
 type Decision struct {
 	Subject Subject
-	// Event is "create", "update" or "unsolicited-update".
+	// Event is "create", "update", "unsolicited-update", "register" or
+	// "handshake".
 	Event     string
 	Pod       string // namespace/name
 	Container string // ID
@@ -53,6 +62,15 @@ func NewAudit(log *slog.Logger, reg prometheus.Registerer) (*Audit, error) {
 		}
 	}
 	return &Audit{log: log, decisions: c}, nil
+}
+
+// Init registers the decision counter at zero for each role and verdict,
+// so that dashboards and alerts see every series from the start.
+func (a *Audit) Init(roles ...string) {
+	for _, r := range roles {
+		a.decisions.WithLabelValues(r, "allow")
+		a.decisions.WithLabelValues(r, "deny")
+	}
 }
 
 // Record audits one decision.

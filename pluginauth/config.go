@@ -22,6 +22,15 @@ const DefaultHandshakeTimeout = 5 * time.Second
 // when the configuration leaves it unset.
 const DefaultMaxPendingHandshakes = 128
 
+// DefaultFirstFrameTimeout bounds the wait for a plugin's first handshake
+// frame when the configuration leaves it unset: a plugin sends it as soon
+// as it connects, so a peer that stays silent longer is dropped early.
+const DefaultFirstFrameTimeout = time.Second
+
+// DefaultMaxPendingHandshakesPerUID bounds concurrent handshakes from one
+// peer uid when the configuration leaves it unset.
+const DefaultMaxPendingHandshakesPerUID = 8
+
 // Duration is a time.Duration that TOML spells as a string such as "5s".
 type Duration time.Duration
 
@@ -50,6 +59,20 @@ type ServerConfig struct {
 	// MaxPendingHandshakes bounds the handshakes a Listener runs at once.
 	// Zero means DefaultMaxPendingHandshakes.
 	MaxPendingHandshakes int `toml:"max_pending_handshakes"`
+	// FirstFrameTimeout bounds the wait for the plugin's first frame (its
+	// hello); the rest of the handshake has HandshakeTimeout. Zero means
+	// DefaultFirstFrameTimeout.
+	FirstFrameTimeout Duration `toml:"first_frame_timeout"`
+	// MaxPendingHandshakesPerUID bounds the handshakes a Listener runs at
+	// once for one peer uid (SO_PEERCRED). Zero means
+	// DefaultMaxPendingHandshakesPerUID.
+	MaxPendingHandshakesPerUID int `toml:"max_pending_handshakes_per_uid"`
+	// AllowedPeerUIDs and AllowedPeerGIDs, when either is set, admit to the
+	// handshake only peers whose uid is in the one or whose (primary) gid
+	// is in the other, as SO_PEERCRED reports them; others are closed at
+	// once. Empty: any peer that can open the socket.
+	AllowedPeerUIDs []uint32 `toml:"allowed_peer_uids"`
+	AllowedPeerGIDs []uint32 `toml:"allowed_peer_gids"`
 	// KeyFile is the server's static private key, needed only for mutual
 	// authentication (plugins that pin the server's public key).
 	KeyFile string `toml:"key_file"`
@@ -82,9 +105,11 @@ type RoleConfig struct {
 // authentication required and a 5 s handshake timeout.
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{
-		RequireAuthentication: true,
-		HandshakeTimeout:      Duration(DefaultHandshakeTimeout),
-		MaxPendingHandshakes:  DefaultMaxPendingHandshakes,
+		RequireAuthentication:      true,
+		HandshakeTimeout:           Duration(DefaultHandshakeTimeout),
+		MaxPendingHandshakes:       DefaultMaxPendingHandshakes,
+		FirstFrameTimeout:          Duration(DefaultFirstFrameTimeout),
+		MaxPendingHandshakesPerUID: DefaultMaxPendingHandshakesPerUID,
 	}
 }
 
@@ -109,6 +134,12 @@ func (c *ServerConfig) Validate() error {
 	var p config.Problems
 	if c.HandshakeTimeout < 0 {
 		p.Addf("handshake_timeout is negative (%s); set a positive duration such as \"5s\"", time.Duration(c.HandshakeTimeout))
+	}
+	if c.FirstFrameTimeout < 0 {
+		p.Addf("first_frame_timeout is negative (%s); set a positive duration such as \"1s\"", time.Duration(c.FirstFrameTimeout))
+	}
+	if c.MaxPendingHandshakesPerUID < 0 {
+		p.Addf("max_pending_handshakes_per_uid is negative (%d); set a positive number or leave it out for %d", c.MaxPendingHandshakesPerUID, DefaultMaxPendingHandshakesPerUID)
 	}
 	if c.MaxPendingHandshakes < 0 {
 		p.Addf("max_pending_handshakes is negative (%d); set a positive number or leave it out for %d", c.MaxPendingHandshakes, DefaultMaxPendingHandshakes)

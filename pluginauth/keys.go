@@ -30,13 +30,43 @@ type PublicKey struct {
 
 // ParsePublicKey parses the standard base64 form of a 32-byte X25519 public
 // key, as printed by "trustgate keygen" or "wg pubkey". Surrounding white
-// space is ignored.
+// space is ignored. A low-order point is refused: every key agreement with
+// it gives the same all-zero secret, so it proves nothing.
 func ParsePublicKey(s string) (PublicKey, error) {
 	raw, err := decodeKey(s)
 	if err != nil {
 		return PublicKey{}, fmt.Errorf("parse public key: %w", err)
 	}
-	return publicKeyFromBytes(raw)
+	k, err := publicKeyFromBytes(raw)
+	if err != nil {
+		return PublicKey{}, err
+	}
+	if lowOrder(raw) {
+		return PublicKey{}, errors.New("public key is a low-order X25519 point (all-zero or another small-order encoding); no plugin can own it, use a key printed by \"trustgate keygen\"")
+	}
+	return k, nil
+}
+
+// lowOrderProbe is a fixed scalar for lowOrder; it is not a secret.
+var lowOrderProbe = func() *ecdh.PrivateKey {
+	k, err := ecdh.X25519().NewPrivateKey([]byte("trustgate pluginauth probe key!!"))
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+// lowOrder reports whether raw is a point of small order, in any of its
+// encodings: X25519 clamps scalars to multiples of the cofactor, so the
+// shared secret with such a point is all zero for every key, which
+// crypto/ecdh reports as an error.
+func lowOrder(raw []byte) bool {
+	pub, err := ecdh.X25519().NewPublicKey(raw)
+	if err != nil {
+		return true
+	}
+	_, err = lowOrderProbe.ECDH(pub)
+	return err != nil
 }
 
 // publicKeyFromBytes checks that raw is a usable X25519 public key.

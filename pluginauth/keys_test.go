@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -178,5 +180,64 @@ func TestPrivateKeyNeverPrinted(t *testing.T) {
 		if !strings.Contains(out, k.Public().String()) {
 			t.Errorf("output does not name the public key: %s", out)
 		}
+	}
+}
+
+// lowOrderEncodings lists every 32-byte encoding of the X25519 points of
+// small order: the u-coordinates 0, 1, p-1 and the two of order 8, their
+// non-canonical forms u+p below 2^255, and each of these with the top bit
+// set, which X25519 ignores.
+func lowOrderEncodings(t *testing.T) map[string][]byte {
+	t.Helper()
+	p := new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
+	order8a, _ := new(big.Int).SetString("325606250916557431795983626356110631294008115727848805560023387167927233504", 10)
+	order8b, _ := new(big.Int).SetString("39382357235489614581723060781553021112529911719440698176882885853963445705823", 10)
+	limit := new(big.Int).Lsh(big.NewInt(1), 255)
+	out := map[string][]byte{}
+	add := func(name string, u *big.Int) {
+		if u.Cmp(limit) >= 0 {
+			return
+		}
+		le := func(v *big.Int) []byte {
+			b := make([]byte, 32)
+			v.FillBytes(b)
+			slices.Reverse(b)
+			return b
+		}
+		out[name] = le(u)
+		hi := le(u)
+		hi[31] |= 0x80
+		out[name+" with bit 255 set"] = hi
+	}
+	for name, u := range map[string]*big.Int{"0": big.NewInt(0), "1": big.NewInt(1), "p-1": new(big.Int).Sub(p, big.NewInt(1)), "order 8 (a)": order8a, "order 8 (b)": order8b} {
+		add(name, u)
+		add(name+"+p", new(big.Int).Add(u, p))
+	}
+	return out
+}
+
+func TestLowOrderKeysAreRefused(t *testing.T) {
+	encs := lowOrderEncodings(t)
+	// 0, 1, p-1, two of order 8, and 0+p, 1+p (the only ones below
+	// 2^255 = p+19); each also with bit 255 set.
+	if len(encs) != 14 {
+		t.Fatalf("%d encodings, want 14", len(encs))
+	}
+	for name, raw := range encs {
+		s := base64.StdEncoding.EncodeToString(raw)
+		if _, err := ParsePublicKey(s); err == nil || !strings.Contains(err.Error(), "low-order") {
+			t.Errorf("%s (%s): %v", name, s, err)
+		}
+		c := ServerConfig{RequireAuthentication: true, Roles: []RoleConfig{{Role: "r", Keys: []string{s}, Names: []string{"*"}, Indices: []string{"*"}}}}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "low-order") {
+			t.Errorf("config with %s: %v", name, err)
+		}
+	}
+	k, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParsePublicKey(k.Public().String()); err != nil {
+		t.Fatalf("a generated key: %v", err)
 	}
 }

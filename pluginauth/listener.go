@@ -13,8 +13,12 @@ import (
 // Listener wraps a net.Listener so that Accept returns only connections
 // whose plugin passed the handshake, as *Conn values carrying their
 // Identity. Each handshake runs in its own goroutine under the server's
-// timeout, so a stalled or hostile peer never holds up another; at most
-// max_pending_handshakes run at once.
+// timeouts (a short one for the plugin's first frame), so a stalled or
+// hostile peer never holds up another. At most max_pending_handshakes run
+// at once, and at most max_pending_handshakes_per_uid for one peer uid
+// (read with SO_PEERCRED), so that one user's silent connections cannot
+// take every slot. Peers outside allowed_peer_uids/allowed_peer_gids, when
+// set, are closed before the handshake.
 type Listener struct {
 	inner  net.Listener
 	s      *Server
@@ -22,6 +26,7 @@ type Listener struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	slots  chan struct{}
+	perUID *pendingByUID
 	wg     sync.WaitGroup
 	once   sync.Once
 }
@@ -37,6 +42,7 @@ func (s *Server) Listen(inner net.Listener) *Listener {
 		ctx:    ctx,
 		cancel: cancel,
 		slots:  make(chan struct{}, s.maxPending),
+		perUID: newPendingByUID(s.maxPendingUID),
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -69,14 +75,34 @@ func (l *Listener) acceptLoop() {
 			continue
 		}
 		backoff = 5 * time.Millisecond
+		pc, credErr := l.s.peerCred(c)
+		why := l.s.admit(pc, credErr)
+		if why == "" && credErr == nil && !l.perUID.acquire(pc.UID) {
+			why = fmt.Sprintf("peer uid %d already has %d handshakes pending (max_pending_handshakes_per_uid)", pc.UID, l.s.maxPendingUID)
+		}
+		if why != "" {
+			r := Refusal{Remote: remoteAddr(c), Reason: why}
+			if credErr == nil {
+				r.Peer = &pc
+			}
+			l.s.refuse(l.ctx, r, []slog.Attr{slog.String("remote", r.Remote), slog.String("reason", why)})
+			c.Close()
+			<-l.slots
+			continue
+		}
 		l.wg.Add(1)
-		go l.handshake(c)
+		go l.handshake(c, pc, credErr == nil)
 	}
 }
 
-func (l *Listener) handshake(c net.Conn) {
+// handshake authenticates c; uid's per-uid slot is released after it when
+// counted is set.
+func (l *Listener) handshake(c net.Conn, pc PeerCred, counted bool) {
 	defer l.wg.Done()
 	id, err := l.s.Handshake(l.ctx, c)
+	if counted {
+		l.perUID.release(pc.UID)
+	}
 	<-l.slots
 	if err != nil {
 		c.Close() // the reason is logged by Handshake

@@ -10,18 +10,49 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 )
 
 // Server runs the runtime side of the handshake under one policy. It is safe
 // for concurrent use.
 type Server struct {
-	policy     *policy
-	static     *PrivateKey
-	timeout    time.Duration
-	maxPending int
-	log        *slog.Logger
-	rand       io.Reader
+	policy        *policy
+	static        *PrivateKey
+	timeout       time.Duration
+	firstFrame    time.Duration
+	maxPending    int
+	maxPendingUID int
+	allowUIDs     []uint32
+	allowGIDs     []uint32
+	log           *slog.Logger
+	rand          io.Reader
+	onRefused     func(context.Context, Refusal)
+	peerCred      func(net.Conn) (PeerCred, error)
+}
+
+// Refusal describes one refused connection, for audit records.
+type Refusal struct {
+	// Remote is the peer's address; Peer its credentials when known.
+	Remote string
+	Peer   *PeerCred
+	// Plugin is the "<index>-<name>" the plugin claimed, if it got that far.
+	Plugin string
+	// Key is the plugin's key fingerprint, if it sent one; Role the role
+	// that key maps to, if any.
+	Key, Role string
+	// Code is the protocol error code, or "" for a refusal before the
+	// handshake (credentials, limits).
+	Code Code
+	// Reason says why, in words.
+	Reason string
+}
+
+// WithRefusalHook calls f for every refused connection (handshake failures
+// and refusals by peer credentials or limits), instead of logging them:
+// the caller makes them audit records.
+func WithRefusalHook(f func(context.Context, Refusal)) ServerOption {
+	return func(s *Server) { s.onRefused = f }
 }
 
 // ServerOption configures a Server.
@@ -46,17 +77,29 @@ func NewServer(cfg ServerConfig, opts ...ServerOption) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		policy:     p,
-		timeout:    time.Duration(cfg.HandshakeTimeout),
-		maxPending: cfg.MaxPendingHandshakes,
-		log:        slog.New(slog.DiscardHandler),
-		rand:       rand.Reader,
+		policy:        p,
+		timeout:       time.Duration(cfg.HandshakeTimeout),
+		firstFrame:    time.Duration(cfg.FirstFrameTimeout),
+		maxPending:    cfg.MaxPendingHandshakes,
+		maxPendingUID: cfg.MaxPendingHandshakesPerUID,
+		allowUIDs:     slices.Clone(cfg.AllowedPeerUIDs),
+		allowGIDs:     slices.Clone(cfg.AllowedPeerGIDs),
+		log:           slog.New(slog.DiscardHandler),
+		rand:          rand.Reader,
+		peerCred:      peerCredOf,
 	}
 	if s.timeout == 0 {
 		s.timeout = DefaultHandshakeTimeout
 	}
+	if s.firstFrame == 0 {
+		s.firstFrame = DefaultFirstFrameTimeout
+	}
+	s.firstFrame = min(s.firstFrame, s.timeout)
 	if s.maxPending == 0 {
 		s.maxPending = DefaultMaxPendingHandshakes
+	}
+	if s.maxPendingUID == 0 {
+		s.maxPendingUID = DefaultMaxPendingHandshakesPerUID
 	}
 	if cfg.KeyFile != "" {
 		k, err := LoadPrivateKeyFile(cfg.KeyFile)
@@ -81,17 +124,19 @@ func (s *Server) PublicKey() PublicKey {
 }
 
 // Handshake runs the server side of the handshake on c, bounded by the
-// configured timeout and by ctx. On success the deadline is cleared and c
-// carries the next protocol; on failure the caller should close c. Every
-// failure is logged with its reason.
+// configured timeout and by ctx; the plugin's first frame must come within
+// the (shorter) first-frame timeout. On success the deadline is cleared and
+// c carries the next protocol; on failure the caller should close c. Every
+// failure is logged with its reason, or handed to the refusal hook.
 func (s *Server) Handshake(ctx context.Context, c net.Conn) (*Identity, error) {
-	if err := c.SetDeadline(time.Now().Add(s.timeout)); err != nil {
+	start := time.Now()
+	if err := c.SetDeadline(start.Add(s.firstFrame)); err != nil {
 		return nil, fmt.Errorf("pluginauth: set handshake deadline: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	st := &serverState{s: s, c: c}
+	st := &serverState{s: s, c: c, deadline: start.Add(s.timeout), ctx: ctx}
 	id, err := st.run()
 	if err == nil && ctx.Err() != nil {
 		err = fmt.Errorf("handshake canceled: %w", context.Cause(ctx))
@@ -102,7 +147,7 @@ func (s *Server) Handshake(ctx context.Context, c net.Conn) (*Identity, error) {
 			// Tell the plugin why, best effort, within the same deadline.
 			_ = writeFrame(c, encodeReject(pe.Code, pe.Reason))
 		}
-		s.log.LogAttrs(ctx, slog.LevelWarn, "pluginauth: handshake refused", st.attrs(slog.String("remote", remoteAddr(c)), slog.String("reason", err.Error()))...)
+		s.refuse(ctx, st.refusal(err), st.attrs(slog.String("remote", remoteAddr(c)), slog.String("reason", err.Error())))
 		return nil, fmt.Errorf("pluginauth: %w", err)
 	}
 	if err := c.SetDeadline(time.Time{}); err != nil {
@@ -112,11 +157,42 @@ func (s *Server) Handshake(ctx context.Context, c net.Conn) (*Identity, error) {
 	return id, nil
 }
 
+// refuse hands r to the refusal hook, or logs it.
+func (s *Server) refuse(ctx context.Context, r Refusal, attrs []slog.Attr) {
+	if s.onRefused != nil {
+		s.onRefused(ctx, r)
+		return
+	}
+	s.log.LogAttrs(ctx, slog.LevelWarn, "pluginauth: handshake refused", attrs...)
+}
+
 // serverState is one server-side handshake in progress.
 type serverState struct {
-	s     *Server
-	c     net.Conn
-	hello *hello
+	s        *Server
+	c        net.Conn
+	ctx      context.Context
+	deadline time.Time // of the whole handshake
+	hello    *hello
+	role     string
+}
+
+// refusal describes this handshake's failure err.
+func (st *serverState) refusal(err error) Refusal {
+	r := Refusal{Remote: remoteAddr(st.c), Role: st.role, Reason: err.Error()}
+	if pc, err := st.s.peerCred(st.c); err == nil {
+		r.Peer = &pc
+	}
+	var pe *Error
+	if errors.As(err, &pe) {
+		r.Code = pe.Code
+	}
+	if h := st.hello; h != nil {
+		r.Plugin = h.index + "-" + h.name
+		if k, err := publicKeyFromBytes(h.publicKey); err == nil {
+			r.Key = k.Fingerprint()
+		}
+	}
+	return r
 }
 
 func (st *serverState) attrs(extra ...slog.Attr) []slog.Attr {
@@ -134,7 +210,15 @@ func (st *serverState) run() (*Identity, error) {
 	s := st.s
 	helloBody, err := readFrame(st.c)
 	if err != nil {
-		return nil, fmt.Errorf("read hello: %w", err)
+		return nil, fmt.Errorf("read hello (within the first-frame timeout of %s): %w", s.firstFrame, err)
+	}
+	// The rest of the handshake has the whole timeout, unless the context
+	// has already cut it short.
+	if err := st.c.SetDeadline(st.deadline); err != nil {
+		return nil, fmt.Errorf("set handshake deadline: %w", err)
+	}
+	if st.ctx.Err() != nil {
+		_ = st.c.SetDeadline(time.Unix(1, 0))
 	}
 	h, err := decodeHello(helloBody)
 	if err != nil {
@@ -156,6 +240,7 @@ func (st *serverState) run() (*Identity, error) {
 	if !ok {
 		return nil, errorf(CodeUnknownKey, "key %s is in no role", pub)
 	}
+	st.role = role.Role
 
 	// Fresh ephemeral key and challenge for this connection only.
 	var secret [KeySize + ChallengeSize]byte

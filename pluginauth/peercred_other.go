@@ -1,0 +1,5 @@
+//go:build !linux
+
+package pluginauth
+
+func getPeerCred(int) (PeerCred, error) { return PeerCred{}, errNoPeerCred }
