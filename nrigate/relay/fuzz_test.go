@@ -34,7 +34,7 @@ func FuzzRelayToRuntime(f *testing.F) {
 	big, _ := proto.Marshal(&api.CreateContainerResponse{Adjust: &api.ContainerAdjustment{
 		Env: []*api.KeyValue{{Key: "BIG", Value: strings.Repeat("v", 9000)}}}})
 	answer, _ := proto.Marshal(&ttrpc.Response{Payload: big})
-	stream := wire.Message{StreamID: 1, Type: wire.TypeResponse, Body: answer}.Append(nil)
+	stream := encode(wire.Message{StreamID: 1, Type: wire.TypeResponse, Body: answer})
 	var cut []byte
 	for len(stream) > 0 { // frames of 1000 bytes, as no ttrpc writer cuts them
 		n := min(len(stream), 1000)

@@ -387,6 +387,13 @@ func TestStalledPluginTimesOutAlone(t *testing.T) {
 	}
 }
 
+// encode is m in ttrpc's wire format, unframed.
+func encode(m wire.Message) []byte {
+	hdr := binary.BigEndian.AppendUint32(nil, uint32(len(m.Body)))
+	hdr = binary.BigEndian.AppendUint32(hdr, m.StreamID)
+	return append(append(hdr, m.Type, m.Flags), m.Body...)
+}
+
 // rawFrame is one frame with any payload, shaped as no ttrpc writer would.
 func rawFrame(id uint32, payload []byte) []byte {
 	hdr := binary.BigEndian.AppendUint32(nil, id)
@@ -397,15 +404,15 @@ func TestAcceptRefusesMalformedStreams(t *testing.T) {
 	regBody := func(service, method string, payload proto.Message) []byte {
 		p, _ := proto.Marshal(payload)
 		b, _ := proto.Marshal(&ttrpc.Request{Service: service, Method: method, Payload: p})
-		return wire.Message{StreamID: 1, Type: wire.TypeRequest, Body: b}.Append(nil)
+		return encode(wire.Message{StreamID: 1, Type: wire.TypeRequest, Body: b})
 	}
 	cases := map[string][]byte{
 		"oversized frame":  {0, 0, 0, 2, 0xff, 0xff, 0xff, 0xff},
 		"unknown conn":     rawFrame(7, []byte("x")),
 		"oversized msg":    rawFrame(wire.RuntimeService, []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0}),
 		"not registration": rawFrame(wire.RuntimeService, regBody(runtimeService, "UpdateContainers", &api.UpdateContainersRequest{})),
-		"response first":   rawFrame(wire.RuntimeService, wire.Message{StreamID: 1, Type: wire.TypeResponse}.Append(nil)),
-		"bad payload":      rawFrame(wire.RuntimeService, wire.Message{StreamID: 1, Type: wire.TypeRequest, Body: []byte{0x0a, 0xff}}.Append(nil)),
+		"response first":   rawFrame(wire.RuntimeService, encode(wire.Message{StreamID: 1, Type: wire.TypeResponse})),
+		"bad payload":      rawFrame(wire.RuntimeService, encode(wire.Message{StreamID: 1, Type: wire.TypeRequest, Body: []byte{0x0a, 0xff}})),
 		"truncated":        rawFrame(wire.RuntimeService, regBody(runtimeService, "RegisterPlugin", &api.RegisterPluginRequest{PluginName: "a", PluginIdx: "10"}))[:20],
 	}
 	for name, data := range cases {

@@ -2,9 +2,10 @@
 // its runtime: containerd/nri's multiplexed trunk (pkg/net/multiplex), which
 // carries two ttrpc connections, and the ttrpc messages inside them.
 //
-// The gateway uses it to see a plugin's RegisterPlugin and UpdateContainers
-// requests, and its answers to UpdateContainer, before they reach the
-// runtime. Everything here parses untrusted bytes: sizes are bounded by the
+// The gateway's relay uses it to reassemble every message a plugin sends,
+// see its requests and answers before they reach the runtime, and write
+// them on in the frame shapes of ttrpc's own writer, which the peer's
+// multiplexer can read. Everything here parses untrusted bytes: sizes are bounded by the
 // same limits the upstream libraries enforce, and malformed input is an
 // error, never a panic.
 package wire
@@ -86,14 +87,6 @@ type Message struct {
 	Flags    uint8
 	// Body is the message body (a ttrpc Request or Response protobuf).
 	Body []byte
-}
-
-// Append appends m in ttrpc's wire format to dst.
-func (m Message) Append(dst []byte) []byte {
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(m.Body)))
-	dst = binary.BigEndian.AppendUint32(dst, m.StreamID)
-	dst = append(dst, m.Type, m.Flags)
-	return append(dst, m.Body...)
 }
 
 // AppendMessage appends m to dst as frames on mux connection id, in exactly

@@ -19,6 +19,14 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// encode appends m in ttrpc's wire format, unframed, to dst.
+func (m Message) encode(dst []byte) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(m.Body)))
+	dst = binary.BigEndian.AppendUint32(dst, m.StreamID)
+	dst = append(dst, m.Type, m.Flags)
+	return append(dst, m.Body...)
+}
+
 // rawFrame is one frame with any payload, shaped as no ttrpc writer would.
 func rawFrame(id uint32, payload []byte) []byte {
 	return append(appendFrameHeader(nil, id, len(payload)), payload...)
@@ -181,7 +189,7 @@ func TestOneFrameMessagesFailAbovePeerBuffer(t *testing.T) {
 			p := newPeer(t)
 			done := p.call()
 			msg := Message{StreamID: p.request(t), Type: TypeResponse, Body: responseBody(t, size)}
-			r := p.answer(t, done, rawFrame(PluginService, msg.Append(nil)))
+			r := p.answer(t, done, rawFrame(PluginService, msg.encode(nil)))
 			if fits := 10+size <= PeerBuffer; fits != (r.err == nil) {
 				t.Fatalf("a %d-byte frame: peer error %v", 10+size, r.err)
 			}
@@ -256,7 +264,7 @@ func TestFailedAgreesWithTTRPCClient(t *testing.T) {
 
 func TestStreamReassemblesAcrossFrames(t *testing.T) {
 	body, _ := proto.Marshal(&ttrpc.Request{Service: "svc", Method: "M", Payload: []byte("payload")})
-	msg := Message{StreamID: 3, Type: TypeRequest, Body: body}.Append(nil)
+	msg := Message{StreamID: 3, Type: TypeRequest, Body: body}.encode(nil)
 	two := append(append([]byte{}, msg...), msg...)
 	var s Stream
 	var got []Message
@@ -344,7 +352,7 @@ func FuzzFraming(f *testing.F) {
 			}
 			m := Message{StreamID: uint32(2*len(msgs) + 1), Type: byte(i%3 + 1), Flags: sizes[i], Body: body}
 			msgs = append(msgs, m)
-			stream = m.Append(stream)
+			stream = m.encode(stream)
 		}
 		// The plugin's frames: sizes from cuts, the rest in one frame.
 		var frames []byte
