@@ -294,7 +294,7 @@ func (c *Conn) expire(id uint32) {
 	}
 	r.expired = true
 	c.mu.Unlock()
-	c.lost(r, fmt.Sprintf("no answer within the runtime's timeout of %v; the runtime proceeds without it, and drops a plugin that overruns unless it asked to stay connected", r.timeout))
+	c.lost(r, fmt.Sprintf("no answer within the runtime's timeout of %v: the runtime gave up on the request (its failure policy decides whether the request fails or proceeds without the plugin, and whether the plugin is dropped)", r.timeout))
 }
 
 // lost reports r to the Checker and the log.
