@@ -348,3 +348,23 @@ func TestTimedOutRequestsAreReportedLost(t *testing.T) {
 		})
 	}
 }
+
+// TestLongRefusalReachesThePlugin refuses an unsolicited update with a
+// reason of 5,000 bytes: the refusal the relay writes to the plugin must be
+// framed so that the plugin's mux reads it, and the plugin stays connected.
+func TestLongRefusalReachesThePlugin(t *testing.T) {
+	rt := newRuntime(t)
+	chk := &rules{names: map[string]bool{"10-a": true}, denyUpdates: true, detail: strings.Repeat(".", 5000)}
+	sock, _ := gateway(t, rt, chk)
+	p, err := startPlugin(t, sock, "10", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upd := []*api.ContainerUpdate{{ContainerId: "c1", Linux: &api.LinuxContainerUpdate{Resources: &api.LinuxResources{Cpu: &api.LinuxCPU{Shares: api.UInt64(512)}}}}}
+	if _, err := p.UpdateContainers(upd); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), chk.detail) {
+		t.Fatalf("refusal: %.200v", err)
+	}
+	eventually(t, "the plugin's adjustment", func() bool {
+		return len(createContainer(t, rt, "c0").GetAdjust().GetEnv()) == 1
+	})
+}

@@ -46,6 +46,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 type rules struct {
 	names       map[string]bool // "idx-name" allowed to register
 	denyUpdates bool
+	detail      string // appended to the reason for refused updates
 	denyAnswers bool
 	sawRegister chan *api.RegisterPluginRequest
 	mu          sync.Mutex
@@ -83,7 +84,7 @@ func (r *rules) Updates(_ context.Context, event string, u []*api.ContainerUpdat
 	if event == "unsolicited-update" {
 		r.updatesSeen++
 		if r.denyUpdates {
-			return errors.New("role may not update containers")
+			return errors.New("role may not update containers" + r.detail)
 		}
 		return nil
 	}
