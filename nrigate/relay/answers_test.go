@@ -338,6 +338,11 @@ func TestTimedOutRequestsAreReportedLost(t *testing.T) {
 					t.Fatal("the runtime did not drop the plugin")
 				}
 			}
+			// The report comes from the relay's timer or from the end of
+			// the connection, whichever sees it first; a second one would
+			// come within moments.
+			eventually(t, "the lost report", func() bool { return len(chk.lostRequests()) > 0 })
+			time.Sleep(100 * time.Millisecond)
 			lost := chk.lostRequests()
 			if len(lost) != 1 || lost[0].Method != "CreateContainer" || lost[0].ContainerID != "late" {
 				t.Fatalf("lost reports %+v", lost)
