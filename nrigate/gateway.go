@@ -333,6 +333,15 @@ func (c *checker) Updates(ctx context.Context, event string, updates []*api.Cont
 	return c.g.validator.CheckUpdates(ctx, c.subject, event, updates)
 }
 
+// Lost records a runtime request whose answer never reached the runtime as
+// a denied "lost" decision, so it is audited and counted, and warns.
+func (c *checker) Lost(ctx context.Context, l relay.LostRequest) {
+	c.g.audit.Record(ctx, nripolicy.Decision{Subject: c.subject, Event: "lost", Container: l.ContainerID,
+		Field: l.Method, Reason: "the plugin's answer did not reach the runtime: " + l.Reason})
+	c.g.log.Warn("a plugin's adjustments were lost", "plugin", c.subject.Plugin, "role", c.subject.Role,
+		"request", l.Method, "container", l.ContainerID, "reason", l.Reason)
+}
+
 // registry maps registered plugin names to the connection holding them.
 type registry struct {
 	mu    sync.Mutex

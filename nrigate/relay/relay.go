@@ -6,10 +6,15 @@
 // Accept reads the plugin's stream until its RegisterPlugin request is
 // complete and lets a Checker decide on it; only then does the caller dial
 // the runtime and call Run, so a plugin that stalls or lies never reaches
-// the runtime. Run relays both directions, checking every unsolicited
-// UpdateContainers request and every answer to an UpdateContainer request
-// before the runtime sees it; a refused request is answered to the plugin
-// with PermissionDenied, and a refused answer reaches the runtime as one.
+// the runtime. Run relays both directions message by message, re-framed
+// exactly as ttrpc's writer frames them, so that the peers' multiplexers
+// can read every message. It checks every unsolicited UpdateContainers
+// request, and the container updates in every answer to a runtime request
+// whatever the answer's status, before the runtime sees them; a refused
+// request is answered to the plugin with PermissionDenied, and a refused
+// answer reaches the runtime as one. It tracks every runtime request until
+// it is answered, and reports each one that fails or is abandoned to the
+// Checker, so that no adjustment is lost silently.
 package relay
 
 import (
@@ -19,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,31 +52,61 @@ type Checker interface {
 	// the runtime request whose answer carries them ("CreateContainer",
 	// "UpdateContainer", "StopContainer", "Synchronize").
 	Updates(ctx context.Context, event string, updates []*api.ContainerUpdate) error
+	// Lost reports a request of the runtime to the plugin that got no
+	// successful answer: the plugin answered with an error or with bytes
+	// the runtime cannot decode, the runtime's deadline passed, or the
+	// connection ended first. Whatever the plugin meant to adjust did not
+	// reach the runtime. It is called once per such request.
+	Lost(ctx context.Context, lost LostRequest)
 }
 
-// answers maps the runtime requests whose answers carry container updates
-// to a decoder of those answers.
-var answers = map[string]func([]byte) ([]*api.ContainerUpdate, error){
-	"CreateContainer": func(b []byte) ([]*api.ContainerUpdate, error) {
-		m := &api.CreateContainerResponse{}
-		err := proto.Unmarshal(b, m)
-		return m.GetUpdate(), err
-	},
-	"UpdateContainer": func(b []byte) ([]*api.ContainerUpdate, error) {
-		m := &api.UpdateContainerResponse{}
-		err := proto.Unmarshal(b, m)
-		return m.GetUpdate(), err
-	},
-	"StopContainer": func(b []byte) ([]*api.ContainerUpdate, error) {
-		m := &api.StopContainerResponse{}
-		err := proto.Unmarshal(b, m)
-		return m.GetUpdate(), err
-	},
-	"Synchronize": func(b []byte) ([]*api.ContainerUpdate, error) {
-		m := &api.SynchronizeResponse{}
-		err := proto.Unmarshal(b, m)
-		return m.GetUpdate(), err
-	},
+// LostRequest describes a runtime request that got no successful answer.
+type LostRequest struct {
+	// Method is the request's method, e.g. "CreateContainer".
+	Method string
+	// ContainerID is the container the request is about, if it names one.
+	ContainerID string
+	// Reason says how the answer was lost.
+	Reason string
+}
+
+// method describes a request of the runtime to a plugin (NRI's Plugin
+// service) as the runtime's ttrpc client handles it.
+type method struct {
+	// request decodes the request, for methods whose request names a
+	// container; nil otherwise.
+	request func() proto.Message
+	// answer is the type into which the runtime decodes the answer.
+	answer func() proto.Message
+}
+
+func newOf[T any, P interface {
+	*T
+	proto.Message
+}]() proto.Message {
+	return P(new(T))
+}
+
+// methods lists the Plugin service's methods.
+var methods = map[string]method{
+	"Configure":                   {nil, newOf[api.ConfigureResponse]},
+	"Synchronize":                 {nil, newOf[api.SynchronizeResponse]},
+	"Shutdown":                    {nil, newOf[api.Empty]},
+	"RunPodSandbox":               {nil, newOf[api.RunPodSandboxResponse]},
+	"UpdatePodSandbox":            {nil, newOf[api.UpdatePodSandboxResponse]},
+	"PostUpdatePodSandbox":        {nil, newOf[api.PostUpdatePodSandboxResponse]},
+	"StopPodSandbox":              {nil, newOf[api.StopPodSandboxResponse]},
+	"RemovePodSandbox":            {nil, newOf[api.RemovePodSandboxResponse]},
+	"CreateContainer":             {newOf[api.CreateContainerRequest], newOf[api.CreateContainerResponse]},
+	"PostCreateContainer":         {newOf[api.PostCreateContainerRequest], newOf[api.PostCreateContainerResponse]},
+	"StartContainer":              {newOf[api.StartContainerRequest], newOf[api.StartContainerResponse]},
+	"PostStartContainer":          {newOf[api.PostStartContainerRequest], newOf[api.PostStartContainerResponse]},
+	"UpdateContainer":             {newOf[api.UpdateContainerRequest], newOf[api.UpdateContainerResponse]},
+	"PostUpdateContainer":         {newOf[api.PostUpdateContainerRequest], newOf[api.PostUpdateContainerResponse]},
+	"StopContainer":               {newOf[api.StopContainerRequest], newOf[api.StopContainerResponse]},
+	"RemoveContainer":             {newOf[api.RemoveContainerRequest], newOf[api.RemoveContainerResponse]},
+	"StateChange":                 {newOf[api.StateChangeEvent], newOf[api.Empty]},
+	"ValidateContainerAdjustment": {newOf[api.ValidateContainerAdjustmentRequest], newOf[api.ValidateContainerAdjustmentResponse]},
 }
 
 // ErrRefused wraps every refusal by the Checker.
@@ -81,20 +117,39 @@ type Conn struct {
 	plugin net.Conn
 	chk    Checker
 	log    *slog.Logger
+	// ctx is Run's context without its cancellation, for reports made
+	// while and after the connection ends.
+	ctx context.Context
 
-	// pending holds what the plugin sent up to and including its
-	// registration, re-framed, for the runtime.
+	// pending holds the plugin's registration, framed for the runtime.
 	pending []byte
 	// Streams being reassembled, plugin to runtime.
 	toRuntimeRPC    wire.Stream // the plugin's requests (RuntimeService)
 	toRuntimeAnswer wire.Stream // the plugin's answers (PluginService)
-	// The runtime's requests to the plugin, runtime to plugin.
-	fromRuntimeRPC wire.Stream
+	// Streams being reassembled, runtime to plugin.
+	fromRuntimeRPC    wire.Stream // the runtime's requests (PluginService)
+	fromRuntimeAnswer wire.Stream // the runtime's answers (RuntimeService)
 
-	mu sync.Mutex // guards pendingAnswers and writes to plugin
-	// pendingAnswers maps the stream IDs of the runtime's requests whose
-	// answers carry updates to the request's method.
-	pendingAnswers map[uint32]string
+	mu sync.Mutex // guards outstanding and writes to plugin
+	// outstanding maps the stream IDs of the runtime's requests to the
+	// plugin that await an answer.
+	outstanding map[uint32]*request
+}
+
+// request is one outstanding request of the runtime.
+type request struct {
+	method string
+	// payload is a copy of the request's payload for methods that name a
+	// container, decoded only if the request is lost.
+	payload []byte
+	read    time.Time
+	// timeout is the time the runtime gave the plugin to answer, 0 if
+	// none; timer fires when it is up.
+	timeout time.Duration
+	timer   *time.Timer
+	// expired is set when the runtime's deadline has passed: the runtime
+	// no longer waits for an answer.
+	expired bool
 }
 
 // Accept reads from plugin until its RegisterPlugin request is complete,
@@ -102,7 +157,7 @@ type Conn struct {
 // returned Conn is ready for Run; on failure plugin is left to the caller
 // to close.
 func Accept(ctx context.Context, plugin net.Conn, chk Checker, timeout time.Duration, log *slog.Logger) (*Conn, *api.RegisterPluginRequest, error) {
-	c := &Conn{plugin: plugin, chk: chk, log: log, pendingAnswers: map[uint32]string{}}
+	c := &Conn{plugin: plugin, chk: chk, log: log, outstanding: map[uint32]*request{}}
 	if err := plugin.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, nil, fmt.Errorf("set registration deadline: %w", err)
 	}
@@ -114,8 +169,12 @@ func Accept(ctx context.Context, plugin net.Conn, chk Checker, timeout time.Dura
 		}
 		switch f.Conn {
 		case wire.PluginService:
-			// Nothing was asked of the plugin yet; keep whatever it sent.
-			c.pending = wire.AppendFrames(c.pending, f.Conn, f.Payload)
+			// Nothing was asked of the plugin yet: an answer answers
+			// nothing, and the runtime would drop it.
+			c.toRuntimeAnswer.Feed(f.Payload)
+			if err := c.dropAll(&c.toRuntimeAnswer); err != nil {
+				return nil, nil, err
+			}
 			continue
 		case wire.RuntimeService:
 		default:
@@ -136,8 +195,19 @@ func Accept(ctx context.Context, plugin net.Conn, chk Checker, timeout time.Dura
 		if err := chk.Register(ctx, req); err != nil {
 			return nil, req, fmt.Errorf("%w: registration as %s-%s: %v", ErrRefused, req.PluginIdx, req.PluginName, err)
 		}
-		c.pending = wire.AppendFrames(c.pending, wire.RuntimeService, m.Append(nil))
+		c.pending = wire.AppendMessage(nil, wire.RuntimeService, m)
 		return c, req, nil
+	}
+}
+
+// dropAll discards the complete messages in s.
+func (c *Conn) dropAll(s *wire.Stream) error {
+	for {
+		m, ok, err := s.Next()
+		if err != nil || !ok {
+			return err
+		}
+		c.log.Debug("dropped a plugin's message that answers no request", "stream", m.StreamID, "type", m.Type)
 	}
 }
 
@@ -162,8 +232,11 @@ func registration(m wire.Message) (*api.RegisterPluginRequest, error) {
 }
 
 // Run relays between the plugin and runtime until either side closes or
-// breaks the protocol, then closes both. It returns nil on a clean close.
+// breaks the protocol, then closes both, and reports the runtime's
+// requests that were still unanswered as lost. It returns nil on a clean
+// close.
 func (c *Conn) Run(ctx context.Context, runtime net.Conn) error {
+	c.ctx = context.WithoutCancel(ctx)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 2)
@@ -177,10 +250,66 @@ func (c *Conn) Run(ctx context.Context, runtime net.Conn) error {
 	err := <-errc
 	cancel()
 	<-errc
+	c.abandon(err)
 	if isClosed(err) {
 		return nil
 	}
 	return err
+}
+
+// abandon reports the requests left unanswered when the connection ended
+// with cause.
+func (c *Conn) abandon(cause error) {
+	var left []*request
+	c.mu.Lock()
+	for _, r := range c.outstanding {
+		if r.timer != nil {
+			r.timer.Stop()
+		}
+		if !r.expired {
+			left = append(left, r)
+		}
+	}
+	c.outstanding = map[uint32]*request{}
+	c.mu.Unlock()
+	for _, r := range left {
+		reason := fmt.Sprintf("the connection ended %v after the request, before the plugin answered", time.Since(r.read).Round(time.Millisecond))
+		if r.timeout > 0 {
+			reason += fmt.Sprintf(" (the runtime's timeout was %v)", r.timeout)
+		}
+		if cause != nil {
+			reason += ": " + cause.Error()
+		}
+		c.lost(r, reason)
+	}
+}
+
+// expire marks the request on stream id as given up by the runtime.
+func (c *Conn) expire(id uint32) {
+	c.mu.Lock()
+	r := c.outstanding[id]
+	if r == nil || r.expired {
+		c.mu.Unlock()
+		return
+	}
+	r.expired = true
+	c.mu.Unlock()
+	c.lost(r, fmt.Sprintf("no answer within the runtime's timeout of %v: the runtime gave up on the request (its failure policy decides whether the request fails or proceeds without the plugin, and whether the plugin is dropped)", r.timeout))
+}
+
+// lost reports r to the Checker and the log.
+func (c *Conn) lost(r *request, reason string) {
+	l := LostRequest{Method: r.method, Reason: reason}
+	if m := methods[r.method]; m.request != nil && r.payload != nil {
+		req := m.request()
+		if proto.Unmarshal(r.payload, req) == nil {
+			if n, ok := req.(interface{ GetContainer() *api.Container }); ok {
+				l.ContainerID = n.GetContainer().GetId()
+			}
+		}
+	}
+	c.log.Debug("runtime request lost", "request", l.Method, "container", l.ContainerID, "reason", l.Reason)
+	c.chk.Lost(c.ctx, l)
 }
 
 // isClosed reports whether err is one side hanging up.
@@ -188,7 +317,7 @@ func isClosed(err error) bool {
 	return err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
-// toRuntime relays the plugin's frames to the runtime.
+// toRuntime relays the plugin's messages to the runtime.
 func (c *Conn) toRuntime(ctx context.Context, runtime net.Conn) error {
 	if _, err := runtime.Write(c.pending); err != nil {
 		return fmt.Errorf("forward registration: %w", err)
@@ -196,53 +325,66 @@ func (c *Conn) toRuntime(ctx context.Context, runtime net.Conn) error {
 	c.pending = nil
 	var out []byte
 	for {
-		f, err := wire.ReadFrame(c.plugin)
-		if err != nil {
+		// Complete messages first: the registration's frames may have
+		// carried more.
+		var err error
+		if out, err = c.pluginRequests(ctx, out[:0]); err != nil {
 			return err
 		}
-		out = out[:0]
-		switch f.Conn {
-		case wire.RuntimeService:
-			c.toRuntimeRPC.Feed(f.Payload)
-			for {
-				m, ok, err := c.toRuntimeRPC.Next()
-				if err != nil {
-					return err
-				}
-				if !ok {
-					break
-				}
-				fwd, err := c.pluginRequest(ctx, m)
-				if err != nil {
-					return err
-				}
-				if fwd {
-					out = wire.AppendFrames(out, wire.RuntimeService, m.Append(nil))
-				}
-			}
-		case wire.PluginService:
-			c.toRuntimeAnswer.Feed(f.Payload)
-			for {
-				m, ok, err := c.toRuntimeAnswer.Next()
-				if err != nil {
-					return err
-				}
-				if !ok {
-					break
-				}
-				m, err = c.pluginAnswer(ctx, m)
-				if err != nil {
-					return err
-				}
-				out = wire.AppendFrames(out, wire.PluginService, m.Append(nil))
-			}
-		default:
-			return fmt.Errorf("%w: frame for unknown mux connection %d", wire.ErrMalformed, f.Conn)
+		if out, err = c.pluginAnswers(ctx, out); err != nil {
+			return err
 		}
 		if len(out) > 0 {
 			if _, err := runtime.Write(out); err != nil {
 				return fmt.Errorf("write to runtime: %w", err)
 			}
+		}
+		f, err := wire.ReadFrame(c.plugin)
+		if err != nil {
+			return fmt.Errorf("read from plugin: %w", err)
+		}
+		switch f.Conn {
+		case wire.RuntimeService:
+			c.toRuntimeRPC.Feed(f.Payload)
+		case wire.PluginService:
+			c.toRuntimeAnswer.Feed(f.Payload)
+		default:
+			return fmt.Errorf("%w: frame for unknown mux connection %d", wire.ErrMalformed, f.Conn)
+		}
+	}
+}
+
+// pluginRequests appends the plugin's complete requests that may go to the
+// runtime to out.
+func (c *Conn) pluginRequests(ctx context.Context, out []byte) ([]byte, error) {
+	for {
+		m, ok, err := c.toRuntimeRPC.Next()
+		if err != nil || !ok {
+			return out, err
+		}
+		fwd, err := c.pluginRequest(ctx, m)
+		if err != nil {
+			return out, err
+		}
+		if fwd {
+			out = wire.AppendMessage(out, wire.RuntimeService, m)
+		}
+	}
+}
+
+// pluginAnswers appends the plugin's complete answers, checked, to out.
+func (c *Conn) pluginAnswers(ctx context.Context, out []byte) ([]byte, error) {
+	for {
+		m, ok, err := c.toRuntimeAnswer.Next()
+		if err != nil || !ok {
+			return out, err
+		}
+		m, fwd, err := c.pluginAnswer(ctx, m)
+		if err != nil {
+			return out, err
+		}
+		if fwd {
+			out = wire.AppendMessage(out, wire.PluginService, m)
 		}
 	}
 }
@@ -278,12 +420,11 @@ func (c *Conn) pluginRequest(ctx context.Context, m wire.Message) (bool, error) 
 
 // answerPlugin sends the plugin a ttrpc error response on RuntimeService.
 func (c *Conn) answerPlugin(stream uint32, st *status.Status) error {
-	body, err := proto.Marshal(&ttrpc.Response{Status: st.Proto()})
+	msg, err := errorAnswer(stream, st)
 	if err != nil {
-		return fmt.Errorf("marshal refusal: %w", err)
+		return err
 	}
-	msg := wire.Message{StreamID: stream, Type: wire.TypeResponse, Body: body}
-	out := wire.AppendFrames(nil, wire.RuntimeService, msg.Append(nil))
+	out := wire.AppendMessage(nil, wire.RuntimeService, msg)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, err := c.plugin.Write(out); err != nil {
@@ -292,51 +433,79 @@ func (c *Conn) answerPlugin(stream uint32, st *status.Status) error {
 	return nil
 }
 
-// pluginAnswer checks the updates in the plugin's answer to a runtime
-// request and replaces a refused answer with PermissionDenied.
-func (c *Conn) pluginAnswer(ctx context.Context, m wire.Message) (wire.Message, error) {
-	if m.Type != wire.TypeResponse {
-		return m, nil
-	}
-	c.mu.Lock()
-	method, tracked := c.pendingAnswers[m.StreamID]
-	delete(c.pendingAnswers, m.StreamID)
-	c.mu.Unlock()
-	if !tracked {
-		return m, nil
-	}
-	payload, failed, err := wire.ParseResponsePayload(m.Body)
-	if err != nil || failed {
-		return m, err
-	}
-	updates, err := answers[method](payload)
+// errorAnswer is a ttrpc response on stream that fails the call with st.
+func errorAnswer(stream uint32, st *status.Status) (wire.Message, error) {
+	body, err := proto.Marshal(&ttrpc.Response{Status: st.Proto()})
 	if err != nil {
-		return m, fmt.Errorf("%w: %s response: %v", wire.ErrMalformed, method, err)
+		return wire.Message{}, fmt.Errorf("marshal error answer: %w", err)
 	}
-	if len(updates) == 0 {
-		return m, nil
-	}
-	if err := c.chk.Updates(ctx, method, updates); err != nil {
-		c.log.Info("refused container updates in a plugin's answer", "request", method, "reason", err)
-		body, merr := proto.Marshal(&ttrpc.Response{Status: status.New(codes.PermissionDenied, "trustgate: "+err.Error()).Proto()})
-		if merr != nil {
-			return m, fmt.Errorf("marshal refusal: %w", merr)
-		}
-		m.Body = body
-	}
-	return m, nil
+	return wire.Message{StreamID: stream, Type: wire.TypeResponse, Body: body}, nil
 }
 
-// fromRuntime relays the runtime's frames to the plugin, noting which of
-// the runtime's requests are UpdateContainer.
+// pluginAnswer handles the plugin's answer to a runtime request: it reads
+// the answer as the runtime's ttrpc client will, reports a failed or
+// malformed answer as lost, checks the container updates in its payload
+// whatever its status says, and replaces a refused or malformed answer with
+// an error. It reports whether to forward the answer: a message that
+// answers no outstanding request is dropped, as the runtime would drop it.
+func (c *Conn) pluginAnswer(ctx context.Context, m wire.Message) (wire.Message, bool, error) {
+	if m.Type != wire.TypeResponse {
+		c.log.Debug("dropped a plugin's message that answers no request", "stream", m.StreamID, "type", m.Type)
+		return m, false, nil
+	}
+	c.mu.Lock()
+	r := c.outstanding[m.StreamID]
+	delete(c.outstanding, m.StreamID)
+	waiting := r != nil && !r.expired
+	if r != nil && r.timer != nil {
+		r.timer.Stop()
+	}
+	c.mu.Unlock()
+	if !waiting {
+		c.log.Debug("dropped a plugin's answer to no outstanding request", "stream", m.StreamID)
+		return m, false, nil
+	}
+	rsp, err := wire.ParseResponse(m.Body)
+	var answer proto.Message
+	if err == nil && methods[r.method].answer != nil {
+		answer = methods[r.method].answer()
+		if uerr := proto.Unmarshal(rsp.GetPayload(), answer); uerr != nil {
+			err = fmt.Errorf("%w: %s answer: %v", wire.ErrMalformed, r.method, uerr)
+		}
+	}
+	if err != nil {
+		c.lost(r, "the plugin's answer is malformed: "+err.Error())
+		m, err := errorAnswer(m.StreamID, status.New(codes.Internal, "trustgate: malformed answer from the plugin"))
+		return m, true, err
+	}
+	if wire.Failed(rsp) && r.method != "ValidateContainerAdjustment" {
+		// A validator's error is its verdict, not a lost adjustment.
+		c.lost(r, fmt.Sprintf("the plugin answered with an error: %s: %s", codes.Code(rsp.GetStatus().GetCode()), rsp.GetStatus().GetMessage()))
+	}
+	u, ok := answer.(interface{ GetUpdate() []*api.ContainerUpdate })
+	if !ok || len(u.GetUpdate()) == 0 {
+		return m, true, nil
+	}
+	if err := c.chk.Updates(ctx, r.method, u.GetUpdate()); err != nil {
+		c.log.Info("refused container updates in a plugin's answer", "request", r.method, "reason", err)
+		m, err := errorAnswer(m.StreamID, status.New(codes.PermissionDenied, "trustgate: "+err.Error()))
+		return m, true, err
+	}
+	return m, true, nil
+}
+
+// fromRuntime relays the runtime's messages to the plugin, noting the
+// runtime's requests as outstanding.
 func (c *Conn) fromRuntime(runtime net.Conn) error {
 	var out []byte
 	for {
 		f, err := wire.ReadFrame(runtime)
 		if err != nil {
-			return err
+			return fmt.Errorf("read from runtime: %w", err)
 		}
-		if f.Conn == wire.PluginService {
+		out = out[:0]
+		switch f.Conn {
+		case wire.PluginService:
 			c.fromRuntimeRPC.Feed(f.Payload)
 			for {
 				m, ok, err := c.fromRuntimeRPC.Next()
@@ -347,19 +516,30 @@ func (c *Conn) fromRuntime(runtime net.Conn) error {
 					break
 				}
 				if m.Type == wire.TypeRequest {
-					r, err := wire.ParseRequest(m.Body)
-					if err != nil {
+					if err := c.track(m); err != nil {
 						return err
 					}
-					if _, ok := answers[r.Method]; ok && r.Service == pluginService {
-						c.mu.Lock()
-						c.pendingAnswers[m.StreamID] = r.Method
-						c.mu.Unlock()
-					}
 				}
+				out = wire.AppendMessage(out, wire.PluginService, m)
 			}
+		case wire.RuntimeService:
+			c.fromRuntimeAnswer.Feed(f.Payload)
+			for {
+				m, ok, err := c.fromRuntimeAnswer.Next()
+				if err != nil {
+					return err
+				}
+				if !ok {
+					break
+				}
+				out = wire.AppendMessage(out, wire.RuntimeService, m)
+			}
+		default:
+			return fmt.Errorf("%w: runtime frame for unknown mux connection %d", wire.ErrMalformed, f.Conn)
 		}
-		out = wire.AppendFrames(out[:0], f.Conn, f.Payload)
+		if len(out) == 0 {
+			continue
+		}
 		c.mu.Lock()
 		_, err = c.plugin.Write(out)
 		c.mu.Unlock()
@@ -367,4 +547,33 @@ func (c *Conn) fromRuntime(runtime net.Conn) error {
 			return fmt.Errorf("write to plugin: %w", err)
 		}
 	}
+}
+
+// track notes the runtime's request m as outstanding, with a timer for
+// the runtime's deadline.
+func (c *Conn) track(m wire.Message) error {
+	req, err := wire.ParseRequest(m.Body)
+	if err != nil {
+		return err
+	}
+	r := &request{method: req.Method, read: time.Now(), timeout: time.Duration(req.TimeoutNano)}
+	if req.Service != pluginService {
+		r.method = req.Service + "/" + req.Method
+	}
+	if methods[r.method].request != nil {
+		r.payload = slices.Clone(req.Payload)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.outstanding[m.StreamID]; old != nil && old.timer != nil {
+		old.timer.Stop()
+	}
+	c.outstanding[m.StreamID] = r
+	if r.timeout > 0 {
+		// The runtime set its deadline before it sent the request, so
+		// when this fires the runtime has given up.
+		id := m.StreamID
+		r.timer = time.AfterFunc(r.timeout, func() { c.expire(id) })
+	}
+	return nil
 }

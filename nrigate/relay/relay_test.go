@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,11 +46,26 @@ func eventually(t *testing.T, what string, cond func() bool) {
 type rules struct {
 	names       map[string]bool // "idx-name" allowed to register
 	denyUpdates bool
+	detail      string // appended to the reason for refused updates
 	denyAnswers bool
 	sawRegister chan *api.RegisterPluginRequest
 	mu          sync.Mutex
 	updatesSeen int
 	answersSeen int
+	lost        []LostRequest
+}
+
+func (r *rules) Lost(_ context.Context, l LostRequest) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lost = append(r.lost, l)
+}
+
+// lostRequests returns what Lost reported so far.
+func (r *rules) lostRequests() []LostRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.lost)
 }
 
 func (r *rules) Register(_ context.Context, req *api.RegisterPluginRequest) error {
@@ -68,7 +84,7 @@ func (r *rules) Updates(_ context.Context, event string, u []*api.ContainerUpdat
 	if event == "unsolicited-update" {
 		r.updatesSeen++
 		if r.denyUpdates {
-			return errors.New("role may not update containers")
+			return errors.New("role may not update containers" + r.detail)
 		}
 		return nil
 	}
@@ -86,6 +102,8 @@ type runtime struct {
 	socket  string
 	mu      sync.Mutex
 	updates []*api.ContainerUpdate
+	// synced holds the updates in plugins' answers to Synchronize.
+	synced []*api.ContainerUpdate
 }
 
 func newRuntime(t *testing.T) *runtime {
@@ -93,7 +111,10 @@ func newRuntime(t *testing.T) *runtime {
 	dir := t.TempDir()
 	rt := &runtime{socket: filepath.Join(dir, "nri.sock")}
 	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
-		_, err := cb(ctx, nil, nil)
+		u, err := cb(ctx, nil, nil)
+		rt.mu.Lock()
+		rt.synced = append(rt.synced, u...)
+		rt.mu.Unlock()
 		return err
 	}
 	updateFn := func(_ context.Context, u []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
@@ -158,9 +179,22 @@ func gateway(t *testing.T, rt *runtime, chk Checker) (socket string, results cha
 // plugin is a real NRI stub plugin.
 type plugin struct {
 	stub.Stub
+	conn         net.Conn
 	synced       chan struct{}
 	update       []*api.ContainerUpdate
 	createUpdate []*api.ContainerUpdate
+
+	mu sync.Mutex
+	// onCreate, when set, adjusts created containers in place of the
+	// default adjustment, or fails the request.
+	onCreate func(*api.ContainerAdjustment) error
+}
+
+// creating sets the plugin's onCreate.
+func (p *plugin) creating(f func(*api.ContainerAdjustment) error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.onCreate = f
 }
 
 func (p *plugin) Synchronize(context.Context, []*api.PodSandbox, []*api.Container) ([]*api.ContainerUpdate, error) {
@@ -170,7 +204,14 @@ func (p *plugin) Synchronize(context.Context, []*api.PodSandbox, []*api.Containe
 
 func (p *plugin) CreateContainer(_ context.Context, _ *api.PodSandbox, c *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
 	adj := &api.ContainerAdjustment{}
-	adj.AddEnv("ADJUSTED_BY", "plugin")
+	p.mu.Lock()
+	f := p.onCreate
+	p.mu.Unlock()
+	if f == nil {
+		adj.AddEnv("ADJUSTED_BY", "plugin")
+	} else if err := f(adj); err != nil {
+		return nil, nil, err
+	}
 	return adj, p.createUpdate, nil
 }
 
@@ -178,15 +219,15 @@ func (p *plugin) UpdateContainer(_ context.Context, _ *api.PodSandbox, c *api.Co
 	return p.update, nil
 }
 
-func startPlugin(t *testing.T, socket, idx, name string) (*plugin, error) {
+func startPlugin(t *testing.T, socket, idx, name string, opts ...stub.Option) (*plugin, error) {
 	t.Helper()
 	conn, err := net.Dial("unix", socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &plugin{synced: make(chan struct{})}
-	s, err := stub.New(p, stub.WithPluginName(name), stub.WithPluginIdx(idx), stub.WithConnection(conn),
-		stub.WithOnClose(func() {}))
+	p := &plugin{conn: conn, synced: make(chan struct{})}
+	s, err := stub.New(p, append([]stub.Option{stub.WithPluginName(name), stub.WithPluginIdx(idx), stub.WithConnection(conn),
+		stub.WithOnClose(func() {})}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,20 +388,33 @@ func TestStalledPluginTimesOutAlone(t *testing.T) {
 	}
 }
 
+// encode is m in ttrpc's wire format, unframed.
+func encode(m wire.Message) []byte {
+	hdr := binary.BigEndian.AppendUint32(nil, uint32(len(m.Body)))
+	hdr = binary.BigEndian.AppendUint32(hdr, m.StreamID)
+	return append(append(hdr, m.Type, m.Flags), m.Body...)
+}
+
+// rawFrame is one frame with any payload, shaped as no ttrpc writer would.
+func rawFrame(id uint32, payload []byte) []byte {
+	hdr := binary.BigEndian.AppendUint32(nil, id)
+	return append(binary.BigEndian.AppendUint32(hdr, uint32(len(payload))), payload...)
+}
+
 func TestAcceptRefusesMalformedStreams(t *testing.T) {
 	regBody := func(service, method string, payload proto.Message) []byte {
 		p, _ := proto.Marshal(payload)
 		b, _ := proto.Marshal(&ttrpc.Request{Service: service, Method: method, Payload: p})
-		return wire.Message{StreamID: 1, Type: wire.TypeRequest, Body: b}.Append(nil)
+		return encode(wire.Message{StreamID: 1, Type: wire.TypeRequest, Body: b})
 	}
 	cases := map[string][]byte{
 		"oversized frame":  {0, 0, 0, 2, 0xff, 0xff, 0xff, 0xff},
-		"unknown conn":     wire.AppendFrames(nil, 7, []byte("x")),
-		"oversized msg":    wire.AppendFrames(nil, wire.RuntimeService, []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0}),
-		"not registration": wire.AppendFrames(nil, wire.RuntimeService, regBody(runtimeService, "UpdateContainers", &api.UpdateContainersRequest{})),
-		"response first":   wire.AppendFrames(nil, wire.RuntimeService, wire.Message{StreamID: 1, Type: wire.TypeResponse}.Append(nil)),
-		"bad payload":      wire.AppendFrames(nil, wire.RuntimeService, wire.Message{StreamID: 1, Type: wire.TypeRequest, Body: []byte{0x0a, 0xff}}.Append(nil)),
-		"truncated":        wire.AppendFrames(nil, wire.RuntimeService, regBody(runtimeService, "RegisterPlugin", &api.RegisterPluginRequest{PluginName: "a", PluginIdx: "10"}))[:20],
+		"unknown conn":     rawFrame(7, []byte("x")),
+		"oversized msg":    rawFrame(wire.RuntimeService, []byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0}),
+		"not registration": rawFrame(wire.RuntimeService, regBody(runtimeService, "UpdateContainers", &api.UpdateContainersRequest{})),
+		"response first":   rawFrame(wire.RuntimeService, encode(wire.Message{StreamID: 1, Type: wire.TypeResponse})),
+		"bad payload":      rawFrame(wire.RuntimeService, encode(wire.Message{StreamID: 1, Type: wire.TypeRequest, Body: []byte{0x0a, 0xff}})),
+		"truncated":        rawFrame(wire.RuntimeService, regBody(runtimeService, "RegisterPlugin", &api.RegisterPluginRequest{PluginName: "a", PluginIdx: "10"}))[:20],
 	}
 	for name, data := range cases {
 		t.Run(name, func(t *testing.T) {

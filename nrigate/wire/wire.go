@@ -2,9 +2,10 @@
 // its runtime: containerd/nri's multiplexed trunk (pkg/net/multiplex), which
 // carries two ttrpc connections, and the ttrpc messages inside them.
 //
-// The gateway uses it to see a plugin's RegisterPlugin and UpdateContainers
-// requests, and its answers to UpdateContainer, before they reach the
-// runtime. Everything here parses untrusted bytes: sizes are bounded by the
+// The gateway's relay uses it to reassemble every message a plugin sends,
+// see its requests and answers before they reach the runtime, and write
+// them on in the frame shapes of ttrpc's own writer, which the peer's
+// multiplexer can read. Everything here parses untrusted bytes: sizes are bounded by the
 // same limits the upstream libraries enforce, and malformed input is an
 // error, never a panic.
 package wire
@@ -16,7 +17,10 @@ import (
 	"io"
 
 	"github.com/containerd/nri/pkg/net/multiplex"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // Mux connection IDs, as containerd/nri defines them.
@@ -34,6 +38,11 @@ const (
 	MaxMessage = 4 << 20
 	// MaxFrame is multiplex's limit on a frame payload.
 	MaxFrame = msgHeaderLen + MaxMessage
+	// PeerBuffer is the size of the bufio buffers through which ttrpc's
+	// channel writes and reads a mux connection. The mux delivers one frame
+	// per Read and fails a Read into a smaller buffer with ENOMEM, so a
+	// frame that the peer reads into this buffer must not exceed it.
+	PeerBuffer = 4096
 )
 
 // ttrpc message types.
@@ -71,21 +80,6 @@ func ReadFrame(r io.Reader) (Frame, error) {
 	return Frame{Conn: id, Payload: buf}, nil
 }
 
-// AppendFrames appends p to dst as frames on conn id, split so that no frame
-// exceeds MaxFrame.
-func AppendFrames(dst []byte, id uint32, p []byte) []byte {
-	for {
-		n := min(len(p), MaxFrame)
-		dst = binary.BigEndian.AppendUint32(dst, id)
-		dst = binary.BigEndian.AppendUint32(dst, uint32(n))
-		dst = append(dst, p[:n]...)
-		p = p[n:]
-		if len(p) == 0 {
-			return dst
-		}
-	}
-}
-
 // Message is one ttrpc message.
 type Message struct {
 	StreamID uint32
@@ -95,12 +89,33 @@ type Message struct {
 	Body []byte
 }
 
-// Append appends m in ttrpc's wire format to dst.
-func (m Message) Append(dst []byte) []byte {
+// AppendMessage appends m to dst as frames on mux connection id, in exactly
+// the shapes that ttrpc's channel writes through multiplex: its
+// bufio.Writer of PeerBuffer bytes is flushed once per message, so the
+// first frame holds the header and the body up to PeerBuffer bytes in all,
+// and the rest of the body, if any, follows as one frame. The peer reads the
+// first frame into its bufio buffer and the rest directly into the message
+// buffer, so every message written this way is readable, and no frame holds
+// parts of two messages. m.Body must not exceed MaxMessage, as ttrpc's
+// sender enforces.
+func AppendMessage(dst []byte, id uint32, m Message) []byte {
+	first := min(msgHeaderLen+len(m.Body), PeerBuffer)
+	dst = appendFrameHeader(dst, id, first)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(m.Body)))
 	dst = binary.BigEndian.AppendUint32(dst, m.StreamID)
 	dst = append(dst, m.Type, m.Flags)
-	return append(dst, m.Body...)
+	head, rest := m.Body[:first-msgHeaderLen], m.Body[first-msgHeaderLen:]
+	dst = append(dst, head...)
+	if len(rest) == 0 {
+		return dst
+	}
+	dst = appendFrameHeader(dst, id, len(rest))
+	return append(dst, rest...)
+}
+
+func appendFrameHeader(dst []byte, id uint32, n int) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, id)
+	return binary.BigEndian.AppendUint32(dst, uint32(n))
 }
 
 // Stream reassembles the ttrpc messages of one mux connection from the frame
@@ -149,11 +164,14 @@ type Request struct {
 	Method  string
 	// Payload is the method's request message.
 	Payload []byte
+	// TimeoutNano is the time left to the caller's deadline when it sent
+	// the request, or 0 without one.
+	TimeoutNano int64
 }
 
 // ParseRequest decodes a ttrpc Request body (ttrpc's request.proto:
-// service = 1, method = 2, payload = 3; other fields are skipped) without
-// copying the payload.
+// service = 1, method = 2, payload = 3, timeout_nano = 4; other fields are
+// skipped) without copying the payload.
 func ParseRequest(body []byte) (Request, error) {
 	var r Request
 	for len(body) > 0 {
@@ -178,6 +196,15 @@ func ParseRequest(body []byte) (Request, error) {
 			body = body[n:]
 			continue
 		}
+		if typ == protowire.VarintType && num == 4 {
+			v, n := protowire.ConsumeVarint(body)
+			if n < 0 {
+				return Request{}, fmt.Errorf("%w: ttrpc request field %d: %v", ErrMalformed, num, protowire.ParseError(n))
+			}
+			r.TimeoutNano = int64(v)
+			body = body[n:]
+			continue
+		}
 		n = protowire.ConsumeFieldValue(num, typ, body)
 		if n < 0 {
 			return Request{}, fmt.Errorf("%w: ttrpc request field %d: %v", ErrMalformed, num, protowire.ParseError(n))
@@ -187,33 +214,20 @@ func ParseRequest(body []byte) (Request, error) {
 	return r, nil
 }
 
-// ParseResponsePayload returns the payload (field 2) of a ttrpc Response
-// body, and whether the response carries a non-OK status (field 1).
-func ParseResponsePayload(body []byte) (payload []byte, hasStatus bool, err error) {
-	for len(body) > 0 {
-		num, typ, n := protowire.ConsumeTag(body)
-		if n < 0 {
-			return nil, false, fmt.Errorf("%w: ttrpc response: %v", ErrMalformed, protowire.ParseError(n))
-		}
-		body = body[n:]
-		if typ == protowire.BytesType && (num == 1 || num == 2) {
-			v, n := protowire.ConsumeBytes(body)
-			if n < 0 {
-				return nil, false, fmt.Errorf("%w: ttrpc response field %d: %v", ErrMalformed, num, protowire.ParseError(n))
-			}
-			if num == 1 {
-				hasStatus = len(v) > 0
-			} else {
-				payload = v
-			}
-			body = body[n:]
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, body)
-		if n < 0 {
-			return nil, false, fmt.Errorf("%w: ttrpc response field %d: %v", ErrMalformed, num, protowire.ParseError(n))
-		}
-		body = body[n:]
+// ParseResponse decodes a ttrpc Response body exactly as ttrpc's client
+// does (proto.Unmarshal into its own Response type): what fails here fails
+// the runtime's call too.
+func ParseResponse(body []byte) (*ttrpc.Response, error) {
+	r := &ttrpc.Response{}
+	if err := proto.Unmarshal(body, r); err != nil {
+		return nil, fmt.Errorf("%w: ttrpc response: %v", ErrMalformed, err)
 	}
-	return payload, hasStatus, nil
+	return r, nil
+}
+
+// Failed reports whether ttrpc's client fails a call on r's status: only a
+// status with a code other than OK does. A status with code OK and a
+// message is a success, and its payload is the call's result.
+func Failed(r *ttrpc.Response) bool {
+	return r.GetStatus() != nil && r.GetStatus().GetCode() != int32(codes.OK)
 }
