@@ -45,8 +45,8 @@ type DB struct {
 
 var _ store.Store = (*DB)(nil)
 
-// Open opens (creating if needed, mode 0600) the database at path and migrates it to
-// the newest schema.
+// Open opens (creating if needed, mode 0600) the database at path and
+// migrates it to the newest schema.
 func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	return open(ctx, path, opts, -1)
 }
