@@ -278,8 +278,12 @@ func (c *Config) Validate() error {
 		p.Addf("admin: set exactly one of public_key_file, jwks_file and jwks_url (%d set)", n)
 	}
 	if c.Admin.JWKSURL != "" {
-		if u, err := url.Parse(c.Admin.JWKSURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			p.Addf("admin.jwks_url = %q: want an http(s) URL", c.Admin.JWKSURL)
+		if u, err := url.Parse(c.Admin.JWKSURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			shown := c.Admin.JWKSURL
+			if err == nil {
+				shown = u.Redacted()
+			}
+			p.Addf("admin.jwks_url = %q: want an https:// URL (the keys that admit admins must not travel in cleartext); serve the JWKS over https, or save it to a file and set admin.jwks_file instead", shown)
 		}
 	}
 	if !c.Attestors.Sample.Enabled && !c.Attestors.JoinToken.Enabled {

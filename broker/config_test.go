@@ -59,6 +59,9 @@ func TestConfigPlugins(t *testing.T) {
 		"bad key":     {Name: "p", Address: "unix:///run/p.sock", PublicKey: "nope"},
 		"bad address": {Name: "p", Address: "http://x"},
 		"neg timeout": {Name: "p", Address: "tcp://127.0.0.1:1", Timeout: Duration{Duration: -1}},
+		"tcp public":  {Name: "p", Address: "tcp://192.0.2.7:9000"},
+		"tcp name":    {Name: "p", Address: "tcp://plugin.example:9000"},
+		"tcp any":     {Name: "p", Address: "tcp://0.0.0.0:9000"},
 	} {
 		c := base
 		c.Plugins.External = []ExternalPluginConfig{e}
@@ -95,6 +98,37 @@ func TestConfigTokenService(t *testing.T) {
 	for _, want := range []string{"token_service.realm", "token_service.service", "token_service.services: \"\"", "token_service.expires_in"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("want a problem about %s, got %v", want, err)
+		}
+	}
+}
+
+// TestConfigRefusesCleartextToOtherHosts checks that admin keys are fetched
+// only over https and that a tcp:// external plugin, which has no TLS and
+// no pluginauth handshake, is refused unless it is on loopback; each message
+// says how to fix it.
+func TestConfigRefusesCleartextToOtherHosts(t *testing.T) {
+	c := DefaultConfig()
+	c.Admin.PublicKeyFile = ""
+	c.Admin.JWKSURL = "http://keys.example.org/jwks.json"
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "admin.jwks_url") || !strings.Contains(err.Error(), "https://") || !strings.Contains(err.Error(), "jwks_file") {
+		t.Errorf("http jwks_url: %v", err)
+	}
+	c.Admin.JWKSURL = "https://keys.example.org/jwks.json"
+	if err := c.Validate(); err != nil {
+		t.Errorf("https jwks_url: %v", err)
+	}
+
+	c = DefaultConfig()
+	c.Plugins.External = []ExternalPluginConfig{{Name: "p", Address: "tcp://10.1.2.3:9000"}}
+	err = c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "loopback") || !strings.Contains(err.Error(), "unix://") {
+		t.Errorf("tcp on another host: %v", err)
+	}
+	for _, a := range []string{"tcp://127.0.0.1:9000", "tcp://[::1]:9000", "tcp://localhost:9000"} {
+		c.Plugins.External = []ExternalPluginConfig{{Name: "p", Address: a}}
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s: %v", a, err)
 		}
 	}
 }
