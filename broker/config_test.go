@@ -132,3 +132,30 @@ func TestConfigRefusesCleartextToOtherHosts(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigRateLimit(t *testing.T) {
+	c := DefaultConfig()
+	if r := c.RateLimit; r.IPv4Prefix != 32 || r.IPv6Prefix != 64 || r.GlobalPerSecond != 200 || r.GlobalBurst != 400 {
+		t.Fatalf("defaults: %+v", r)
+	}
+	if err := config.Decode([]byte("[rate_limit]\nipv6_prefix = 48\nglobal_per_second = 5.0\nglobal_burst = 6\n"), &c); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.RateLimit; r.IPv6Prefix != 48 || r.GlobalPerSecond != 5 || r.GlobalBurst != 6 || r.PerSecond != 10 {
+		t.Fatalf("decoded: %+v", r)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := config.Decode([]byte("[rate_limit]\nipv6_prefixlen = 48\n"), &c); err == nil {
+		t.Fatal("unknown rate_limit key accepted")
+	}
+	c.RateLimit.IPv4Prefix, c.RateLimit.IPv6Prefix = 33, 0
+	c.RateLimit.GlobalPerSecond, c.RateLimit.GlobalBurst = 1, 0
+	err := c.Validate()
+	for _, want := range []string{"rate_limit.ipv4_prefix = 33", "rate_limit.ipv6_prefix = 0", "rate_limit.global_burst"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want a problem about %s, got %v", want, err)
+		}
+	}
+}
