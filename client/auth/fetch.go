@@ -102,7 +102,8 @@ func (t *Transport) postToken(ctx context.Context, tr tokenRequest, cred Credent
 }
 
 // sendToken sends a token request; every redirect hop is held to the realm
-// rules and never carries the credentials to another origin.
+// rules, and once the chain has left the realm's origin no later hop
+// carries the credentials, not even one back to the realm.
 func (t *Transport) sendToken(req *http.Request, registry *url.URL) (*http.Response, error) {
 	client := &http.Client{
 		Transport: t.base,
@@ -113,7 +114,7 @@ func (t *Transport) sendToken(req *http.Request, registry *url.URL) (*http.Respo
 			if err := checkRealmURL(next.URL, registry); err != nil {
 				return fmt.Errorf("token request redirect: %w", err)
 			}
-			if !sameOrigin(next.URL, via[0].URL) {
+			if leftOrigin(via[0].URL, append(urlsOf(via[1:]), next.URL)) {
 				next.Header.Del("Authorization")
 			}
 			return nil
@@ -124,6 +125,14 @@ func (t *Transport) sendToken(req *http.Request, registry *url.URL) (*http.Respo
 		return nil, fmt.Errorf("%w: %s %s: %w", ErrTokenEndpoint, req.Method, req.URL.Redacted(), err)
 	}
 	return resp, nil
+}
+
+func urlsOf(reqs []*http.Request) []*url.URL {
+	out := make([]*url.URL, len(reqs))
+	for i, r := range reqs {
+		out[i] = r.URL
+	}
+	return out
 }
 
 func readTokenResponse(resp *http.Response) (TokenResponse, error) {

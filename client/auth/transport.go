@@ -191,7 +191,8 @@ type attempt struct {
 // RoundTrip sends req, attaching the token its context needs, and answers
 // one 401 challenge (or one insufficient_scope) by fetching a token and
 // retrying once. A request that already carries Authorization is passed
-// through unchanged, except that a redirect to another origin drops it.
+// through unchanged, except that once a redirect chain has left the origin
+// of its first request, no later hop carries that header.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL == nil || req.URL.Host == "" {
 		closeBody(req)
@@ -199,7 +200,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	out := req.Clone(ctx)
-	if req.Response != nil && req.Response.Request != nil && !sameOrigin(req.URL, req.Response.Request.URL) {
+	if req.Response != nil && chainLeftOrigin(req) {
 		out.Header.Del("Authorization")
 	}
 	if out.Header.Get("Authorization") != "" {
