@@ -141,29 +141,18 @@ func readTokenResponse(resp *http.Response) (TokenResponse, error) {
 	if err != nil {
 		return TokenResponse{}, fmt.Errorf("%w: read %s: %w", ErrTokenEndpoint, resp.Request.URL.Redacted(), err)
 	}
+	// Neither the body nor the server's reason phrase is quoted in an
+	// error: a token endpoint may echo the credentials it refused, or
+	// internal details.
 	if resp.StatusCode != http.StatusOK {
-		return TokenResponse{}, fmt.Errorf("%w: %s %s: %s: %s", ErrTokenEndpoint, resp.Request.Method,
-			resp.Request.URL.Redacted(), resp.Status, snippet(body))
+		return TokenResponse{}, fmt.Errorf("%w: %s %s: status %d %s", ErrTokenEndpoint, resp.Request.Method,
+			resp.Request.URL.Redacted(), resp.StatusCode, http.StatusText(resp.StatusCode))
 	}
 	tr, err := DecodeTokenResponse(body)
 	if err != nil {
 		return TokenResponse{}, fmt.Errorf("%s %s: %w", resp.Request.Method, resp.Request.URL.Redacted(), err)
 	}
 	return tr, nil
-}
-
-// snippet returns a short printable excerpt of an error body.
-func snippet(b []byte) string {
-	const n = 200
-	if len(b) > n {
-		b = b[:n]
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, string(b))
 }
 
 // drainClose reads a little of an unwanted body so the connection can be
