@@ -102,17 +102,35 @@ func (t *Transport) postToken(ctx context.Context, tr tokenRequest, cred Credent
 }
 
 // sendToken sends a token request; every redirect hop is held to the realm
-// rules, and once the chain has left the realm's origin no later hop
+// rules, its connections to the address rule of realmGuard, and once the chain has left the realm's origin no later hop
 // carries the credentials, not even one back to the realm.
 func (t *Transport) sendToken(req *http.Request, registry *url.URL) (*http.Response, error) {
+	req = req.WithContext(context.WithValue(req.Context(), registryKey{}, registry))
+	rt, precheck := t.base, false
+	if !isPrivateHost(registry.Hostname()) {
+		rt = t.guarded
+		if rt == nil {
+			rt, precheck = t.base, true
+		}
+	}
+	if precheck {
+		if err := t.guard.check(req.Context(), req.URL.Hostname(), registry); err != nil {
+			return nil, err
+		}
+	}
 	client := &http.Client{
-		Transport: t.base,
+		Transport: rt,
 		CheckRedirect: func(next *http.Request, via []*http.Request) error {
 			if len(via) >= 5 {
 				return errors.New("token request: too many redirects")
 			}
 			if err := checkRealmURL(next.URL, registry); err != nil {
 				return fmt.Errorf("token request redirect: %w", err)
+			}
+			if precheck {
+				if err := t.guard.check(next.Context(), next.URL.Hostname(), registry); err != nil {
+					return fmt.Errorf("token request redirect: %w", err)
+				}
 			}
 			if leftOrigin(via[0].URL, append(urlsOf(via[1:]), next.URL)) {
 				next.Header.Del("Authorization")
