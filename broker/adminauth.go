@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -46,9 +47,9 @@ type AdminVerifier struct {
 	cacheFor time.Duration
 }
 
-// NewAdminVerifier returns a verifier for cfg. client fetches jwks_url
-// (nil means a client with a 10 s timeout); now is the clock (nil means
-// time.Now).
+// NewAdminVerifier returns a verifier for cfg. client fetches jwks_url,
+// which must be https, and follows only https redirects (nil means a
+// client with a 10 s timeout); now is the clock (nil means time.Now).
 func NewAdminVerifier(cfg AdminConfig, client *http.Client, now func() time.Time, log *slog.Logger) (*AdminVerifier, error) {
 	if now == nil {
 		now = time.Now
@@ -56,6 +57,7 @@ func NewAdminVerifier(cfg AdminConfig, client *http.Client, now func() time.Time
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
 	}
+	client = httpsOnly(client)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -82,11 +84,34 @@ func NewAdminVerifier(cfg AdminConfig, client *http.Client, now func() time.Time
 		}
 		v.jwks = &set
 	case cfg.JWKSURL != "":
+		if u, err := url.Parse(cfg.JWKSURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			return nil, errors.New("admin: jwks_url must be an https:// URL")
+		}
 		v.jwksURL = cfg.JWKSURL
 	default:
 		return nil, errors.New("admin: set one of public_key_file, jwks_file and jwks_url")
 	}
 	return v, nil
+}
+
+// httpsOnly returns a copy of c that refuses to follow a redirect to
+// anything but https, so that admin keys never arrive in cleartext.
+func httpsOnly(c *http.Client) *http.Client {
+	out := *c
+	next := c.CheckRedirect
+	out.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if req.URL.Scheme != "https" {
+			return fmt.Errorf("admin JWKS: refusing redirect to %s: not https", req.URL.Redacted())
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("admin JWKS: stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &out
 }
 
 // ParsePublicKeyPEM parses a PEM "PUBLIC KEY" block (ECDSA, Ed25519 or RSA).

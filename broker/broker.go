@@ -62,7 +62,8 @@ type Options struct {
 	// JoinTokenMaxTTL bounds join tokens created through the admin API
 	// (default 24h).
 	JoinTokenMaxTTL time.Duration
-	// RateLimit bounds auth and attest requests per client address.
+	// RateLimit bounds auth and attest requests, and separately /token
+	// requests, per client network and in total.
 	RateLimit RateLimit
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -96,7 +97,8 @@ type Server struct {
 	mux           *http.ServeMux
 	attestors     map[string]attest.Attestor
 	attestorNames []string
-	limit         *limiter
+	limit         *limiter // auth and attest
+	tokenLimit    *limiter // /token
 	now           func() time.Time
 	serverID      string
 	plugins       map[string]plugin.Plugin
@@ -140,7 +142,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	s := &Server{opts: opts, store: opts.Store, log: opts.Log, mux: http.NewServeMux(),
-		attestors: map[string]attest.Attestor{}, limit: newLimiter(opts.RateLimit), now: opts.Now, serverID: serverID.String()}
+		attestors: map[string]attest.Attestor{}, limit: newLimiter(opts.RateLimit), tokenLimit: newLimiter(opts.RateLimit), now: opts.Now, serverID: serverID.String()}
 	for _, a := range opts.Attestors {
 		if a == nil {
 			return nil, errors.New("broker: nil attestor")
@@ -190,12 +192,12 @@ func New(opts Options) (*Server, error) {
 		if s.ts, err = newTokenService(opts.TokenService, opts.TrustDomain, opts.Tokens.MaxTokenTTL()); err != nil {
 			return nil, err
 		}
-		s.mux.HandleFunc("GET /token", s.serveToken)
-		s.mux.HandleFunc("POST /token", s.serveToken)
+		s.mux.Handle("GET /token", s.limited(s.tokenLimit, s.serveToken))
+		s.mux.Handle("POST /token", s.limited(s.tokenLimit, s.serveToken))
 	}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
-	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.auth))
-	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.attest))
+	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.limit, s.auth))
+	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.limit, s.attest))
 	s.mux.Handle("GET /.well-known/jwks.json", opts.Tokens)
 	s.mux.Handle("POST /admin/v1/entries", s.admin(s.createEntry))
 	s.mux.Handle("GET /admin/v1/entries", s.admin(s.listEntries))
@@ -282,14 +284,22 @@ func (s *Server) refreshPolicy(ctx context.Context) {
 	}
 }
 
-func (s *Server) limited(h http.HandlerFunc) http.Handler {
+// limited applies l to h: a refused request gets 429 with Retry-After and
+// is logged with its client network, never with its content.
+func (s *Server) limited(l *limiter, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if ok, wait := s.limit.allow(r.RemoteAddr, s.now()); !ok {
-			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-			writeProblem(w, http.StatusTooManyRequests, ProblemRateLimited, fmt.Sprintf("too many attestation requests from this address; retry in %v", wait.Round(time.Millisecond)))
+		v := l.allow(r.RemoteAddr, s.now())
+		if v.ok {
+			h(w, r)
 			return
 		}
-		h(w, r)
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(v.wait.Seconds()))))
+		from := "from your network " + v.client
+		if v.global {
+			from = "to this server from all clients"
+		}
+		s.log.Info("rate limited", "path", r.URL.Path, "client", v.client, "global", v.global, "retry_in", v.wait.Round(time.Millisecond))
+		writeProblem(w, http.StatusTooManyRequests, ProblemRateLimited, fmt.Sprintf("too many requests %s; retry in %v", from, v.wait.Round(time.Millisecond)))
 	})
 }
 

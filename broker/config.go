@@ -149,14 +149,25 @@ type TokenConfig struct {
 	Prepublish Duration `toml:"prepublish"`
 }
 
-// RateLimitConfig limits attestation requests per client address.
+// RateLimitConfig limits attestation and /token requests per client
+// network and in total (see RateLimit).
 type RateLimitConfig struct {
-	// PerSecond is the sustained rate; 0 disables limiting.
+	// PerSecond is the sustained rate per client network; 0 disables the
+	// per-client limit.
 	PerSecond float64 `toml:"per_second"`
-	// Burst is how many requests may come at once.
+	// Burst is how many requests a client network may send at once.
 	Burst int `toml:"burst"`
-	// MaxClients bounds the addresses tracked.
+	// MaxClients bounds the client networks tracked.
 	MaxClients int `toml:"max_clients"`
+	// IPv4Prefix and IPv6Prefix are the prefix lengths by which client
+	// addresses share a bucket.
+	IPv4Prefix int `toml:"ipv4_prefix"`
+	IPv6Prefix int `toml:"ipv6_prefix"`
+	// GlobalPerSecond is the sustained rate of all clients together; 0
+	// disables the global limit.
+	GlobalPerSecond float64 `toml:"global_per_second"`
+	// GlobalBurst is how many requests all clients may send at once.
+	GlobalBurst int `toml:"global_burst"`
 }
 
 // KeysConfig locates key material kept outside the database.
@@ -265,6 +276,18 @@ func (c *Config) Validate() error {
 	if c.RateLimit.PerSecond > 0 && (c.RateLimit.Burst < 1 || c.RateLimit.MaxClients < 1) {
 		p.Addf("rate_limit.burst and rate_limit.max_clients must be at least 1 when rate_limit.per_second is set")
 	}
+	if n := c.RateLimit.IPv4Prefix; n < 1 || n > 32 {
+		p.Addf("rate_limit.ipv4_prefix = %d: want a prefix length from 1 to 32 (32: one bucket per address)", n)
+	}
+	if n := c.RateLimit.IPv6Prefix; n < 1 || n > 128 {
+		p.Addf("rate_limit.ipv6_prefix = %d: want a prefix length from 1 to 128 (64: one bucket per /64, the block one host usually holds)", n)
+	}
+	if c.RateLimit.GlobalPerSecond < 0 {
+		p.Addf("rate_limit.global_per_second = %v: want 0 (off) or more", c.RateLimit.GlobalPerSecond)
+	}
+	if c.RateLimit.GlobalPerSecond > 0 && c.RateLimit.GlobalBurst < 1 {
+		p.Addf("rate_limit.global_burst must be at least 1 when rate_limit.global_per_second is set")
+	}
 	if c.Keys.SealKeyFile == "" {
 		p.Addf("keys.seal_key_file is empty: the sealing key must be a file outside the database")
 	}
@@ -278,8 +301,12 @@ func (c *Config) Validate() error {
 		p.Addf("admin: set exactly one of public_key_file, jwks_file and jwks_url (%d set)", n)
 	}
 	if c.Admin.JWKSURL != "" {
-		if u, err := url.Parse(c.Admin.JWKSURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			p.Addf("admin.jwks_url = %q: want an http(s) URL", c.Admin.JWKSURL)
+		if u, err := url.Parse(c.Admin.JWKSURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			shown := c.Admin.JWKSURL
+			if err == nil {
+				shown = u.Redacted()
+			}
+			p.Addf("admin.jwks_url = %q: want an https:// URL (the keys that admit admins must not travel in cleartext); serve the JWKS over https, or save it to a file and set admin.jwks_file instead", shown)
 		}
 	}
 	if !c.Attestors.Sample.Enabled && !c.Attestors.JoinToken.Enabled {

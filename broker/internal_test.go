@@ -11,14 +11,17 @@ import (
 func TestLimiterBoundedAndPerAddress(t *testing.T) {
 	l := newLimiter(RateLimit{PerSecond: 1, Burst: 1, MaxClients: 100})
 	now := time.Unix(0, 0)
-	if ok, _ := l.allow("10.0.0.1:1", now); !ok {
+	if v := l.allow("10.0.0.1:1", now); !v.ok {
 		t.Fatal("first request refused")
 	}
-	if ok, wait := l.allow("10.0.0.1:2", now); ok || wait <= 0 {
-		t.Fatal("second request from the same host (other port) allowed")
+	if v := l.allow("10.0.0.1:2", now); v.ok || v.wait <= 0 || v.client != "10.0.0.1/32" {
+		t.Fatalf("second request from the same host (other port): %+v", v)
 	}
-	if ok, _ := l.allow("10.0.0.2:1", now); !ok {
+	if v := l.allow("10.0.0.2:1", now); !v.ok {
 		t.Fatal("another address limited")
+	}
+	if v := l.allow("[::ffff:10.0.0.2]:1", now); v.ok {
+		t.Fatal("the IPv4-mapped form of a limited address has a bucket of its own")
 	}
 	for i := range 1000 {
 		l.allow(fmt.Sprintf("10.1.%d.%d:1", i/256, i%256), now)
@@ -28,6 +31,59 @@ func TestLimiterBoundedAndPerAddress(t *testing.T) {
 	}
 	if newLimiter(RateLimit{}) != nil {
 		t.Fatal("PerSecond 0 should disable limiting")
+	}
+}
+
+// TestLimiterPrefixes checks configurable prefix lengths: an IPv6 /48 and
+// an IPv4 /24 each share one bucket.
+func TestLimiterPrefixes(t *testing.T) {
+	l := newLimiter(RateLimit{PerSecond: 1, Burst: 1, MaxClients: 100, IPv4Prefix: 24, IPv6Prefix: 48})
+	now := time.Unix(0, 0)
+	for _, c := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"[2001:db8:7::1]:1", true},
+		{"[2001:db8:7:ffff::2]:1", false}, // same /48
+		{"[2001:db8:8::1]:1", true},
+		{"192.0.2.1:1", true},
+		{"192.0.2.200:1", false}, // same /24
+		{"192.0.3.1:1", true},
+	} {
+		if v := l.allow(c.addr, now); v.ok != c.ok {
+			t.Errorf("%s: %+v, want ok=%v", c.addr, v, c.ok)
+		}
+	}
+}
+
+// TestLimiterGlobal checks the global bucket: distinct clients together
+// are refused past it, and a request refused by its own client's bucket
+// takes nothing from the global one.
+func TestLimiterGlobal(t *testing.T) {
+	l := newLimiter(RateLimit{PerSecond: 1, Burst: 1, MaxClients: 100, GlobalPerSecond: 1, GlobalBurst: 3})
+	now := time.Unix(0, 0)
+	if v := l.allow("192.0.2.1:1", now); !v.ok {
+		t.Fatal("first request refused")
+	}
+	for range 10 {
+		if v := l.allow("192.0.2.1:1", now); v.ok || v.global {
+			t.Fatalf("a client over its own limit: %+v", v)
+		}
+	}
+	for _, a := range []string{"192.0.2.2:1", "192.0.2.3:1"} {
+		if v := l.allow(a, now); !v.ok {
+			t.Fatalf("%s refused within the global burst: %+v", a, v)
+		}
+	}
+	v := l.allow("192.0.2.4:1", now)
+	if v.ok || !v.global || v.wait <= 0 {
+		t.Fatalf("fourth client past the global burst: %+v", v)
+	}
+	if v := l.allow("192.0.2.4:1", now.Add(time.Second)); !v.ok {
+		t.Fatalf("a client refused only globally lost its own token: %+v", v)
+	}
+	if g := newLimiter(RateLimit{GlobalPerSecond: 1, GlobalBurst: 1}); g == nil || !g.allow("192.0.2.9:1", now).ok || g.allow("192.0.2.10:1", now).ok {
+		t.Fatal("a global limit alone does not limit")
 	}
 }
 

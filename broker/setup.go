@@ -104,7 +104,9 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 		SessionTTL: cfg.Session.TTL.Duration, TokenTTL: cfg.Token.TTL.Duration,
 		AttestTimeout: cfg.AttestTimeout.Duration, SweepInterval: cfg.Session.SweepInterval.Duration,
 		JoinTokenMaxTTL: cfg.Attestors.JoinToken.MaxTTL.Duration,
-		RateLimit:       RateLimit{PerSecond: cfg.RateLimit.PerSecond, Burst: cfg.RateLimit.Burst, MaxClients: cfg.RateLimit.MaxClients},
+		RateLimit: RateLimit{PerSecond: cfg.RateLimit.PerSecond, Burst: cfg.RateLimit.Burst, MaxClients: cfg.RateLimit.MaxClients,
+			IPv4Prefix: cfg.RateLimit.IPv4Prefix, IPv6Prefix: cfg.RateLimit.IPv6Prefix,
+			GlobalPerSecond: cfg.RateLimit.GlobalPerSecond, GlobalBurst: cfg.RateLimit.GlobalBurst},
 	})
 }
 

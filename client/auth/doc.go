@@ -23,4 +23,20 @@
 // refreshed before they expire (expires_in, issued_at), concurrent requests
 // that need the same token share one fetch, and an insufficient_scope answer
 // causes at most one re-authentication, with the merged scope.
+//
+// # Where credentials may go
+//
+// A redirect chain that leaves the origin of its first request (another
+// scheme, host or port, https to http included) never carries the caller's
+// own Authorization header again, even back to that origin; token requests
+// follow the same rule for their credentials. A Bearer realm must be an
+// http(s) URL without user info, may not downgrade an https registry to
+// http, and, for a registry that is public, may not lead to a private
+// address: neither as a literal nor as a name that resolves to one. The
+// name check happens when the connection is made: the transport resolves
+// the realm's name itself (WithResolver), refuses it if any address is
+// private, and connects only to the addresses it checked, so a name that
+// changes its answer in between (DNS rebinding) does not pass. A registry
+// whose own name resolves only to private addresses may use a private
+// realm. Errors from a failed token fetch give its status, never the body.
 package auth

@@ -102,10 +102,24 @@ func (t *Transport) postToken(ctx context.Context, tr tokenRequest, cred Credent
 }
 
 // sendToken sends a token request; every redirect hop is held to the realm
-// rules and never carries the credentials to another origin.
+// rules, its connections to the address rule of realmGuard, and once the chain has left the realm's origin no later hop
+// carries the credentials, not even one back to the realm.
 func (t *Transport) sendToken(req *http.Request, registry *url.URL) (*http.Response, error) {
+	req = req.WithContext(context.WithValue(req.Context(), registryKey{}, registry))
+	rt, precheck := t.base, false
+	if !isPrivateHost(registry.Hostname()) {
+		rt = t.guarded
+		if rt == nil {
+			rt, precheck = t.base, true
+		}
+	}
+	if precheck {
+		if err := t.guard.check(req.Context(), req.URL.Hostname(), registry); err != nil {
+			return nil, err
+		}
+	}
 	client := &http.Client{
-		Transport: t.base,
+		Transport: rt,
 		CheckRedirect: func(next *http.Request, via []*http.Request) error {
 			if len(via) >= 5 {
 				return errors.New("token request: too many redirects")
@@ -113,7 +127,12 @@ func (t *Transport) sendToken(req *http.Request, registry *url.URL) (*http.Respo
 			if err := checkRealmURL(next.URL, registry); err != nil {
 				return fmt.Errorf("token request redirect: %w", err)
 			}
-			if !sameOrigin(next.URL, via[0].URL) {
+			if precheck {
+				if err := t.guard.check(next.Context(), next.URL.Hostname(), registry); err != nil {
+					return fmt.Errorf("token request redirect: %w", err)
+				}
+			}
+			if leftOrigin(via[0].URL, append(urlsOf(via[1:]), next.URL)) {
 				next.Header.Del("Authorization")
 			}
 			return nil
@@ -126,35 +145,32 @@ func (t *Transport) sendToken(req *http.Request, registry *url.URL) (*http.Respo
 	return resp, nil
 }
 
+func urlsOf(reqs []*http.Request) []*url.URL {
+	out := make([]*url.URL, len(reqs))
+	for i, r := range reqs {
+		out[i] = r.URL
+	}
+	return out
+}
+
 func readTokenResponse(resp *http.Response) (TokenResponse, error) {
 	defer drainClose(resp.Body)
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse+1))
 	if err != nil {
 		return TokenResponse{}, fmt.Errorf("%w: read %s: %w", ErrTokenEndpoint, resp.Request.URL.Redacted(), err)
 	}
+	// Neither the body nor the server's reason phrase is quoted in an
+	// error: a token endpoint may echo the credentials it refused, or
+	// internal details.
 	if resp.StatusCode != http.StatusOK {
-		return TokenResponse{}, fmt.Errorf("%w: %s %s: %s: %s", ErrTokenEndpoint, resp.Request.Method,
-			resp.Request.URL.Redacted(), resp.Status, snippet(body))
+		return TokenResponse{}, fmt.Errorf("%w: %s %s: status %d %s", ErrTokenEndpoint, resp.Request.Method,
+			resp.Request.URL.Redacted(), resp.StatusCode, http.StatusText(resp.StatusCode))
 	}
 	tr, err := DecodeTokenResponse(body)
 	if err != nil {
 		return TokenResponse{}, fmt.Errorf("%s %s: %w", resp.Request.Method, resp.Request.URL.Redacted(), err)
 	}
 	return tr, nil
-}
-
-// snippet returns a short printable excerpt of an error body.
-func snippet(b []byte) string {
-	const n = 200
-	if len(b) > n {
-		b = b[:n]
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, string(b))
 }
 
 // drainClose reads a little of an unwanted body so the connection can be

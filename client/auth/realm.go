@@ -40,9 +40,12 @@ func isPrivateHost(host string) bool {
 		return true
 	}
 	addr, err := netip.ParseAddr(h)
-	if err != nil {
-		return false
-	}
+	return err == nil && isPrivateAddr(addr)
+}
+
+// isPrivateAddr reports whether addr is in privatePrefixes (IPv4-mapped
+// forms unwrapped).
+func isPrivateAddr(addr netip.Addr) bool {
 	addr = addr.Unmap().WithZone("")
 	for _, p := range privatePrefixes {
 		if p.Contains(addr) {

@@ -50,7 +50,16 @@ func DecodeTokenResponse(body []byte) (TokenResponse, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&raw); err != nil {
-		return TokenResponse{}, fmt.Errorf("%w: %w", ErrInvalidTokenResponse, err)
+		// Errors name a position or a type, never the body's content.
+		var syn *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &syn):
+			return TokenResponse{}, fmt.Errorf("%w: malformed JSON at byte %d", ErrInvalidTokenResponse, syn.Offset)
+		case errors.As(err, &typ):
+			return TokenResponse{}, fmt.Errorf("%w: %s is a JSON %s", ErrInvalidTokenResponse, typ.Field, typ.Value)
+		}
+		return TokenResponse{}, fmt.Errorf("%w: malformed JSON", ErrInvalidTokenResponse)
 	}
 	tr := TokenResponse{Token: raw.Token, RefreshToken: raw.RefreshToken, ExpiresIn: DefaultExpiresIn}
 	if tr.Token == "" {
@@ -79,7 +88,7 @@ func DecodeTokenResponse(body []byte) (TokenResponse, error) {
 	if raw.IssuedAt != "" {
 		t, err := time.Parse(time.RFC3339, raw.IssuedAt)
 		if err != nil {
-			return TokenResponse{}, fmt.Errorf("%w: issued_at: %w", ErrInvalidTokenResponse, err)
+			return TokenResponse{}, fmt.Errorf("%w: issued_at is not an RFC 3339 time", ErrInvalidTokenResponse)
 		}
 		tr.IssuedAt = t
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -37,7 +38,11 @@ const (
 type Option func(*Transport)
 
 // WithBase sets the transport that carries the requests (registry and token
-// endpoint alike). The default is http.DefaultTransport.
+// endpoint alike). The default is http.DefaultTransport. When it is an
+// *http.Transport without a custom TLS dialer, token requests for a public
+// registry go through a copy of it whose dialer refuses private addresses
+// (see WithResolver); any other RoundTripper only gets a check of the
+// realm's addresses before each request, which DNS rebinding can outwit.
 func WithBase(rt http.RoundTripper) Option { return func(t *Transport) { t.base = rt } }
 
 // WithCredentials sets where credentials come from; see FromDockerConfig.
@@ -83,6 +88,11 @@ type Transport struct {
 	tokenTimeout time.Duration
 	log          *slog.Logger
 	now          func() time.Time
+	resolver     Resolver
+	guard        *realmGuard
+	// guarded carries token requests for public registries: base with
+	// guard's dialer, or nil when base is not an *http.Transport.
+	guarded http.RoundTripper
 
 	group singleflight.Group
 
@@ -135,6 +145,11 @@ func New(opts ...Option) *Transport {
 	for _, o := range opts {
 		o(t)
 	}
+	if t.resolver == nil {
+		t.resolver = net.DefaultResolver
+	}
+	t.guard = &realmGuard{resolver: t.resolver}
+	t.guarded = t.guard.guardedTransport(t.base)
 	return t
 }
 
@@ -191,7 +206,8 @@ type attempt struct {
 // RoundTrip sends req, attaching the token its context needs, and answers
 // one 401 challenge (or one insufficient_scope) by fetching a token and
 // retrying once. A request that already carries Authorization is passed
-// through unchanged, except that a redirect to another origin drops it.
+// through unchanged, except that once a redirect chain has left the origin
+// of its first request, no later hop carries that header.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL == nil || req.URL.Host == "" {
 		closeBody(req)
@@ -199,7 +215,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	out := req.Clone(ctx)
-	if req.Response != nil && req.Response.Request != nil && !sameOrigin(req.URL, req.Response.Request.URL) {
+	if req.Response != nil && chainLeftOrigin(req) {
 		out.Header.Del("Authorization")
 	}
 	if out.Header.Get("Authorization") != "" {

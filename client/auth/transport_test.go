@@ -219,6 +219,12 @@ func TestRealmValidation(t *testing.T) {
 		{"https://registry.example.com", "https://auth.example.com/token", false},
 		{"http://127.0.0.1:5000", "http://127.0.0.1:5000/token", false},
 		{"http://10.0.0.5:5000", "http://10.0.0.6/token", false},
+		// Names: with a custom base the realm's addresses are checked
+		// before the request (TestRealmNameResolvingToPrivateIsRefusedBeforeConnecting
+		// covers the check at dial time); a name this host cannot resolve is
+		// left to the base transport.
+		{"https://registry.example.com", "https://internal.example.com/token", true},
+		{"https://registry.example.com", "https://unresolvable.example.com/token", false},
 	} {
 		var fetched atomic.Bool
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -233,7 +239,10 @@ func TestRealmValidation(t *testing.T) {
 			}
 		}))
 		u, _ := url.Parse(srv.URL)
-		tr := auth.New(auth.WithBase(&routeTo{target: u}), auth.WithCredentials(auth.StaticCredential(
+		dns := &fakeDNS{hosts: map[string][]string{
+			"registry.example.com": {"203.0.113.5"}, "auth.example.com": {"203.0.113.9"}, "internal.example.com": {"10.20.30.40"},
+		}}
+		tr := auth.New(auth.WithBase(&routeTo{target: u}), auth.WithResolver(dns), auth.WithCredentials(auth.StaticCredential(
 			strings.TrimPrefix(strings.TrimPrefix(c.registry, "https://"), "http://"), auth.Credential{Username: "u", Password: "p"})))
 		req, _ := http.NewRequest(http.MethodGet, c.registry+"/v2/a/manifests/v1", nil)
 		resp, err := tr.RoundTrip(req)

@@ -59,7 +59,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				}
 				cfg.Admin = broker.AdminConfig{PublicKeyFile: devAdmin.PublicKeyFile}
 				cfg.Attestors.Sample.Enabled = true
-				cfg.RateLimit.PerSecond = 0
+				cfg.RateLimit.PerSecond, cfg.RateLimit.GlobalPerSecond = 0, 0
 				cfg.Policy.Default = "sample-dev"
 				cfg.Plugins.SVID.Enabled = true
 				cfg.Plugins.NebulaCA.Enabled = true

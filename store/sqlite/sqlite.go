@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -44,8 +45,8 @@ type DB struct {
 
 var _ store.Store = (*DB)(nil)
 
-// Open opens (creating if needed) the database at path and migrates it to
-// the newest schema.
+// Open opens (creating if needed, mode 0600) the database at path and
+// migrates it to the newest schema.
 func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	return open(ctx, path, opts, -1)
 }
@@ -77,6 +78,9 @@ func open(ctx context.Context, path string, opts Options, target int) (*DB, erro
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + path + "?" + q.Encode()
 
+	if err := privateFiles(path); err != nil {
+		return nil, err
+	}
 	w, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
@@ -100,6 +104,38 @@ func open(ctx context.Context, path string, opts Options, target int) (*DB, erro
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
 	return db, nil
+}
+
+// privateFiles creates the database file with mode 0600 if it does not
+// exist, and takes group and other permissions off the database and any
+// WAL or shared-memory file left from an earlier run. SQLite creates its
+// WAL and shared-memory files with the database file's permissions, so all
+// three end up 0600 whatever the umask.
+func privateFiles(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case err == nil:
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("sqlite: create %s: %w", path, err)
+		}
+	case !errors.Is(err, os.ErrExist):
+		return fmt.Errorf("sqlite: create %s: %w", path, err)
+	}
+	for _, name := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(name)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("sqlite: %w", err)
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			if err := os.Chmod(name, perm&^0o077); err != nil {
+				return fmt.Errorf("sqlite: make %s private: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // Close closes both connection pools.

@@ -12,8 +12,8 @@
 // this plugin name (Options.PublicKey), so that a process that took over
 // the socket path cannot pose as the plugin. The plugin runs the client
 // side on each connection it accepts (Listener does it). A TCP address has
-// no such check and must be on loopback or a network as trusted as the
-// broker host.
+// no such check and no TLS, so it is refused unless it is on loopback, both
+// when configured and for the address each dial connects to.
 package external
 
 import (
@@ -24,7 +24,9 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -107,7 +109,15 @@ func New(opts Options) (*Plugin, error) {
 		dial = func(ctx context.Context, _ string) (net.Conn, error) { return p.dialUnix(ctx, auth, addr) }
 	case "tcp":
 		dial = func(ctx context.Context, _ string) (net.Conn, error) {
-			var d net.Dialer
+			// "localhost" is resolved at dial time; the address actually
+			// connected to must still be loopback.
+			d := net.Dialer{Control: func(_, address string, _ syscall.RawConn) error {
+				host, _, err := net.SplitHostPort(address)
+				if err != nil || !isLoopback(host) {
+					return fmt.Errorf("external plugin %s: %s: %w", opts.Name, address, ErrCleartextRemote)
+				}
+				return nil
+			}}
 			return d.DialContext(ctx, "tcp", addr)
 		}
 	}
@@ -123,7 +133,12 @@ func New(opts Options) (*Plugin, error) {
 	return p, nil
 }
 
-// ParseAddress splits "unix:///path" or "tcp://host:port".
+// ErrCleartextRemote reports a tcp:// address that is not on loopback.
+var ErrCleartextRemote = errors.New("a tcp:// plugin connection has neither TLS nor the pluginauth handshake, so it must stay on loopback")
+
+// ParseAddress splits "unix:///path" or "tcp://host:port". A tcp address
+// must name a loopback address (127.0.0.0/8, ::1) or "localhost": the
+// connection is cleartext and unauthenticated, so it may not leave the host.
 func ParseAddress(a string) (network, addr string, err error) {
 	switch {
 	case strings.HasPrefix(a, "unix://"):
@@ -134,13 +149,26 @@ func ParseAddress(a string) (network, addr string, err error) {
 		return "unix", addr, nil
 	case strings.HasPrefix(a, "tcp://"):
 		addr = strings.TrimPrefix(a, "tcp://")
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
 			return "", "", fmt.Errorf("address %q: want tcp://host:port: %w", a, err)
+		}
+		if !isLoopback(host) {
+			return "", "", fmt.Errorf("address %q: %w: use tcp://127.0.0.1:PORT, or unix:///path.sock with public_key (the plugin then proves its key); a plugin on another host needs a local TLS tunnel", a, ErrCleartextRemote)
 		}
 		return "tcp", addr, nil
 	default:
 		return "", "", fmt.Errorf("address %q: want unix:///path.sock or tcp://host:port", a)
 	}
+}
+
+// isLoopback reports whether host is "localhost" or a loopback IP literal.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Zone() == "" && ip.Unmap().IsLoopback()
 }
 
 // authServer is a pluginauth server that accepts exactly this plugin's key

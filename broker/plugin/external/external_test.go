@@ -168,6 +168,10 @@ func TestConfigErrors(t *testing.T) {
 		{Name: "ext", Address: "http://x"},
 		{Name: "ext", Address: "tcp://nohostport"},
 		{Name: "a/b", Address: "tcp://127.0.0.1:1"},
+		{Name: "ext", Address: "tcp://192.0.2.7:1"},      // cleartext to another host
+		{Name: "ext", Address: "tcp://plugin.example:1"}, // a name that may resolve anywhere
+		{Name: "ext", Address: "tcp://[fe80::1]:1"},
+		{Name: "ext", Address: "tcp://:1"},
 	} {
 		if _, err := external.New(o); err == nil {
 			t.Errorf("New(%+v) accepted", o)
