@@ -30,7 +30,7 @@ func newValidator(t *testing.T, roles roleMap, g Globals) (*Validator, *bytes.Bu
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewValidator(roles, g, a), &buf, reg
+	return NewValidator(roles, g, a, WithHost(testHost)), &buf, reg
 }
 
 // request builds a validation request the way NRI's adaptation does: each
@@ -222,7 +222,7 @@ func TestUnknownPluginAndUnknownFieldAreRefused(t *testing.T) {
 	}
 	// A field number this package does not know is refused even for an
 	// allow-all role.
-	if ok, reason := decide(context.Background(), &all, claim{field: api.Field(999)}, nil); ok || !strings.Contains(reason, "not covered") {
+	if ok, reason := decide(context.Background(), &all, claim{field: api.Field(999)}, nil, osHost{}); ok || !strings.Contains(reason, "not covered") {
 		t.Fatalf("unknown field: %v %s", ok, reason)
 	}
 }
