@@ -9,8 +9,19 @@ import (
 	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/adaptation/builtin"
 	"github.com/containerd/nri/pkg/api"
+	nrilog "github.com/containerd/nri/pkg/log"
 	"google.golang.org/protobuf/proto"
 )
+
+// quiet discards NRI's log lines (one per plugin call).
+type quiet struct{}
+
+func (quiet) Debugf(context.Context, string, ...any) {}
+func (quiet) Infof(context.Context, string, ...any)  {}
+func (quiet) Warnf(context.Context, string, ...any)  {}
+func (quiet) Errorf(context.Context, string, ...any) {}
+
+func init() { nrilog.Set(quiet{}) }
 
 // runtime is containerd/nri's own runtime adaptation with in-process
 // (builtin) plugins whose answers a test sets, and a Validator as its

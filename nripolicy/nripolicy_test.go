@@ -22,7 +22,7 @@ type roleMap map[string]Subject
 
 func (m roleMap) Lookup(p string) (Subject, bool) { s, ok := m[p]; return s, ok }
 
-func newValidator(t *testing.T, roles roleMap, g Globals) (*Validator, *bytes.Buffer, *prometheus.Registry) {
+func newValidator(t testing.TB, roles roleMap, g Globals) (*Validator, *bytes.Buffer, *prometheus.Registry) {
 	t.Helper()
 	var buf bytes.Buffer
 	reg := prometheus.NewRegistry()
