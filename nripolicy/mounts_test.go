@@ -188,6 +188,8 @@ func FuzzMountPolicy(f *testing.F) {
 	f.Add("", "/var/lib/agent", "/run/s", "rbind,rro,rrw", true)
 	f.Add("bind", "/var/lib/agent", "/mnt/../etc", "bind,ro", true)
 	f.Add("tmpfs", "tmpfs", "/run/t", "ro,rw,rro", true)
+	f.Add("bind", "/var/lib/agent", "/run/s", "rbind,ro", true)
+	f.Add("bind", "/var/lib/agent", "/run/s", "bind,ro,rrw", true)
 	f.Add("bind", "/var/lib/agent", "-/run/x", "bind,ro", true)
 	rt := map[bool]*runtime{}
 	for _, readOnly := range []bool{false, true} {
