@@ -60,26 +60,32 @@ func TestUnattributedChanges(t *testing.T) {
 		roles map[string]*Policy
 		adj   func(a *api.ContainerAdjustment)
 		want  string
+		b     func(a *api.ContainerAdjustment) // the answer of 20-b, if any
 	}{
 		{"mount removal by a role without the destination", map[string]*Policy{"10-a": &strict},
-			func(a *api.ContainerAdjustment) { a.RemoveMount("/etc/hosts") }, "removing a mount"},
+			func(a *api.ContainerAdjustment) { a.RemoveMount("/etc/hosts") }, "removing a mount", nil},
 		{"mount removal allowed", map[string]*Policy{"10-a": &remover},
-			func(a *api.ContainerAdjustment) { a.RemoveMount("/etc/hosts") }, ""},
+			func(a *api.ContainerAdjustment) { a.RemoveMount("/etc/hosts") }, "", nil},
 		{"mount removal with a stricter plugin present", map[string]*Policy{"10-a": &remover, "20-b": &strict},
-			func(a *api.ContainerAdjustment) { a.RemoveMount("/etc/hosts") }, "20-b"},
+			func(a *api.ContainerAdjustment) { a.RemoveMount("/etc/hosts") }, "20-b", nil},
 		{"annotation removal", map[string]*Policy{"10-a": &strict},
-			func(a *api.ContainerAdjustment) { a.RemoveAnnotation("team") }, "removing annotation"},
+			func(a *api.ContainerAdjustment) { a.RemoveAnnotation("team") }, "removing annotation", nil},
 		{"annotation removal allowed", map[string]*Policy{"10-a": &remover},
-			func(a *api.ContainerAdjustment) { a.RemoveAnnotation("team") }, ""},
+			func(a *api.ContainerAdjustment) { a.RemoveAnnotation("team") }, "", nil},
 		{"device cgroup rule", map[string]*Policy{"10-a": &strict}, func(a *api.ContainerAdjustment) {
 			a.Linux = &api.LinuxContainerAdjustment{Resources: &api.LinuxResources{Devices: []*api.LinuxDeviceCgroup{{Allow: true, Type: "b", Access: "rwm"}}}}
-		}, `device cgroup rule "b *:* rwm"`},
+		}, `device cgroup rule "b *:* rwm"`, nil},
 		{"device cgroup rule for allow-all", map[string]*Policy{"10-a": &all}, func(a *api.ContainerAdjustment) {
 			a.Linux = &api.LinuxContainerAdjustment{Resources: &api.LinuxResources{Devices: []*api.LinuxDeviceCgroup{{Allow: true, Type: "b", Access: "rwm"}}}}
-		}, ""},
+		}, "", nil},
 		{"sysctl removal", map[string]*Policy{"10-a": &strict}, func(a *api.ContainerAdjustment) {
 			a.Linux = &api.LinuxContainerAdjustment{Sysctl: map[string]string{api.MarkForRemoval("net.ipv4.ip_forward"): ""}}
-		}, "removing sysctl"},
+		}, "removing sysctl", nil},
+		// NRI records 10-a as the owner of "team" and nothing for 20-b's
+		// removal, which the runtime may apply after 10-a's value.
+		{"removal of another plugin's annotation", map[string]*Policy{"10-a": &remover, "20-b": &strict},
+			func(a *api.ContainerAdjustment) { a.AddAnnotation("team", "b") }, "20-b",
+			func(a *api.ContainerAdjustment) { a.RemoveAnnotation("team") }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -93,7 +99,13 @@ func TestUnattributedChanges(t *testing.T) {
 			rt := newRuntime(t, v, names...)
 			a := &api.ContainerAdjustment{}
 			tc.adj(a)
-			_, err := rt.create(c, map[string]*api.ContainerAdjustment{"10-a": a})
+			answers := map[string]*api.ContainerAdjustment{"10-a": a}
+			if tc.b != nil {
+				b := &api.ContainerAdjustment{}
+				tc.b(b)
+				answers["20-b"] = b
+			}
+			_, err := rt.create(c, answers)
 			if tc.want == "" && err != nil {
 				t.Fatalf("refused: %v", err)
 			}

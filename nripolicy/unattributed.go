@@ -19,15 +19,18 @@ type change struct {
 // unattributed lists the changes that NRI hands the runtime without
 // recording who asked for them in OwningPlugins (NRI 0.12): device cgroup
 // rules (linux.resources.devices), and removals of mounts, annotations,
-// sysctls and network devices that no plugin added. A removal of a key
-// that has an owner record is left to that record: the owner may change
-// the key anyway, so the removal can do nothing it could not.
+// sysctls and network devices. A removal is attributed only when NRI
+// recorded a removal of that key (ClearMount ...): that record's plugin is
+// judged for it, and any other removal of the key has the same effect.
+// When the key's record is an addition, the removal may be another
+// plugin's, undoing the owner's value, so it is judged as unattributed.
 func unattributed(req *api.ValidateContainerAdjustmentRequest, host Host) []change {
 	adj := req.GetAdjust()
 	fo := req.GetOwners().GetOwners()[req.GetContainer().GetId()]
 	owned := func(f api.Field, key string) bool {
-		_, ok := fo.GetCompound()[int32(f)].GetOwners()[key]
-		return ok
+		owner, ok := fo.GetCompound()[int32(f)].GetOwners()[key]
+		_, removal := api.IsMarkedForRemoval(owner)
+		return ok && removal
 	}
 	var out []change
 	for _, m := range adj.GetMounts() {
