@@ -42,7 +42,8 @@ func (osHost) DeviceNode(p string) (Device, error) {
 	if err := unix.Stat(p, &st); err != nil {
 		return Device{}, fmt.Errorf("stat %s on the host: %w", p, err)
 	}
-	d := Device{Major: int64(unix.Major(uint64(st.Rdev))), Minor: int64(unix.Minor(uint64(st.Rdev)))} //nolint:unconvert // Rdev's type differs between architectures
+	rdev := uint64(st.Rdev) // uint32 on some architectures
+	d := Device{Major: int64(unix.Major(rdev)), Minor: int64(unix.Minor(rdev))}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFCHR:
 		d.Type = 'c'

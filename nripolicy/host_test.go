@@ -2,7 +2,9 @@ package nripolicy
 
 import (
 	"errors"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -76,5 +78,36 @@ func TestFakeHostResolves(t *testing.T) {
 		if got, err := testHost.ResolvePath(in); err != nil || got != want {
 			t.Errorf("%s: %q %v, want %q", in, got, err, want)
 		}
+	}
+}
+
+// TestOSHost asks this machine: the symlinks of a temporary directory, and
+// /dev/null, which is char 1:3 on Linux.
+func TestOSHost(t *testing.T) {
+	dir, err := osHost{}.ResolvePath(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "real"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("real", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := (osHost{}).ResolvePath(filepath.Join(dir, "link")); err != nil || got != filepath.Join(dir, "real") {
+		t.Fatalf("resolved %q, %v", got, err)
+	}
+	if _, err := (osHost{}).ResolvePath(filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("a missing path resolved")
+	}
+	d, err := osHost{}.DeviceNode("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d != (Device{Type: 'c', Major: 1, Minor: 3}) {
+		t.Fatalf("/dev/null is %v", d)
+	}
+	if _, err := (osHost{}).DeviceNode(dir); err == nil {
+		t.Fatal("a directory is a device node")
 	}
 }

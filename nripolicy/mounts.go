@@ -58,8 +58,6 @@ type mountEffect struct {
 // effectOf models runc's option parsing for m.
 func effectOf(m *api.Mount) mountEffect {
 	e := mountEffect{bind: m.Type == "bind"}
-	set := func(f *bool, v bool) { *f = v }
-	rec := func(f *int, v int) { *f = v }
 	for _, o := range m.Options {
 		switch o {
 		case "bind":
@@ -67,31 +65,31 @@ func effectOf(m *api.Mount) mountEffect {
 		case "rbind":
 			e.bind, e.recursive = true, true
 		case "ro":
-			set(&e.rdonly, true)
+			e.rdonly = true
 		case "rw":
-			set(&e.rdonly, false)
+			e.rdonly = false
 		case "nosuid":
-			set(&e.nosuid, true)
+			e.nosuid = true
 		case "suid":
-			set(&e.nosuid, false)
+			e.nosuid = false
 		case "nodev":
-			set(&e.nodev, true)
+			e.nodev = true
 		case "dev":
-			set(&e.nodev, false)
+			e.nodev = false
 		case "remount":
 			e.remount = true
 		case "rro":
-			rec(&e.recRdonly, 1)
+			e.recRdonly = 1
 		case "rrw":
-			rec(&e.recRdonly, -1)
+			e.recRdonly = -1
 		case "rnosuid":
-			rec(&e.recNosuid, 1)
+			e.recNosuid = 1
 		case "rsuid":
-			rec(&e.recNosuid, -1)
+			e.recNosuid = -1
 		case "rnodev":
-			rec(&e.recNodev, 1)
+			e.recNodev = 1
 		case "rdev":
-			rec(&e.recNodev, -1)
+			e.recNodev = -1
 		case "shared", "rshared", "slave", "rslave", "private", "rprivate", "unbindable", "runbindable":
 			e.propagation = append(e.propagation, o)
 		case "idmap", "ridmap":
