@@ -35,7 +35,7 @@ func newValidator(t testing.TB, roles roleMap, g Globals) (*Validator, *bytes.Bu
 
 // request builds a validation request the way NRI's adaptation does: each
 // plugin's adjustment is claimed in OwningPlugins under its name.
-func request(t *testing.T, ctr *api.Container, adjust map[string]*api.ContainerAdjustment) *api.ValidateContainerAdjustmentRequest {
+func request(t testing.TB, ctr *api.Container, adjust map[string]*api.ContainerAdjustment) *api.ValidateContainerAdjustmentRequest {
 	t.Helper()
 	owners := api.NewOwningPlugins()
 	merged := &api.ContainerAdjustment{}
