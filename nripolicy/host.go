@@ -3,7 +3,9 @@ package nripolicy
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,6 +19,9 @@ type Host interface {
 	ResolvePath(p string) (string, error)
 	// DeviceNode returns the device node at path p.
 	DeviceNode(p string) (Device, error)
+	// HasSubmounts reports whether a mount point lies strictly below the
+	// resolved path p, in the mount namespace runc bind-mounts from.
+	HasSubmounts(p string) (bool, error)
 }
 
 // Option configures a Validator.
@@ -53,4 +58,15 @@ func (osHost) DeviceNode(p string) (Device, error) {
 		return Device{}, fmt.Errorf("%s on the host is not a device node", p)
 	}
 	return d, nil
+}
+
+func (osHost) HasSubmounts(p string) (bool, error) {
+	below := strings.TrimSuffix(p, "/") + "/"
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return !strings.HasPrefix(m.Mountpoint, below) || m.Mountpoint == p, false
+	})
+	if err != nil {
+		return false, fmt.Errorf("read the host's mount table: %w", err)
+	}
+	return len(mounts) > 0, nil
 }

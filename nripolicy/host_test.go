@@ -14,6 +14,16 @@ import (
 type fakeHost struct {
 	links   map[string]string // absolute path -> target (absolute or relative)
 	devices map[string]Device
+	mounts  []string // mount points
+}
+
+func (h fakeHost) HasSubmounts(p string) (bool, error) {
+	for _, m := range h.mounts {
+		if strings.HasPrefix(m, p+"/") || p == "/" && m != "/" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func (h fakeHost) ResolvePath(p string) (string, error) { return resolveLinks(h.links, p) }
@@ -68,6 +78,7 @@ var testHost = fakeHost{
 		"/dev/null": {Type: 'c', Major: 1, Minor: 3},
 		"/dev/sda":  {Type: 'b', Major: 8, Minor: 0},
 	},
+	mounts: []string{"/", "/run", "/run/spire/sockets/nested", "/var/lib/agent"},
 }
 
 func TestFakeHostResolves(t *testing.T) {
@@ -109,5 +120,13 @@ func TestOSHost(t *testing.T) {
 	}
 	if _, err := (osHost{}).DeviceNode(dir); err == nil {
 		t.Fatal("a directory is a device node")
+	}
+	// "/" has submounts wherever this runs (/proc at least); a fresh
+	// temporary directory has none.
+	if sub, err := (osHost{}).HasSubmounts("/"); err != nil || !sub {
+		t.Fatalf("/ has submounts: %v %v", sub, err)
+	}
+	if sub, err := (osHost{}).HasSubmounts(dir); err != nil || sub {
+		t.Fatalf("%s has submounts: %v %v", dir, sub, err)
 	}
 }

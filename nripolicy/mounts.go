@@ -182,7 +182,8 @@ func (mp MountPolicy) checkMount(m *api.Mount, host Host) (string, error) {
 			return "", fmt.Errorf("mount at %q: %q propagation lets container mounts reach the host; not allowed for this role", dst, p)
 		}
 	}
-	what := ""
+	what := fmt.Sprintf("%s mount", m.GetType())
+	readOnly := e.readOnly()
 	if e.bind {
 		src := m.GetSource()
 		if !isClean(src) {
@@ -191,32 +192,51 @@ func (mp MountPolicy) checkMount(m *api.Mount, host Host) (string, error) {
 		if !mp.Sources.Match(src) {
 			return "", fmt.Errorf("mount at %q: source %q not allowed for this role", dst, src)
 		}
-		if !mp.Sources.matchesEveryPath() {
-			// Not every path is allowed: the path the kernel will bind
-			// must be allowed too, symlinks followed.
+		what = fmt.Sprintf("bind mount of %q", src)
+		resolve := func() (string, error) {
 			real, err := host.ResolvePath(src)
 			if err != nil {
 				return "", fmt.Errorf("mount at %q: source %q: %w", dst, src, err)
+			}
+			return real, nil
+		}
+		if !mp.Sources.matchesEveryPath() {
+			// Not every path is allowed: the path the kernel will bind
+			// must be allowed too, symlinks followed.
+			real, err := resolve()
+			if err != nil {
+				return "", err
 			}
 			if !mp.Sources.matchPath(real) {
 				return "", fmt.Errorf("mount at %q: source %q resolves to %q on the host, which is not allowed for this role", dst, src, real)
 			}
 		}
-		what = fmt.Sprintf("bind mount of %q", src)
-	} else {
-		if !mp.Types.Match(m.GetType()) {
-			return "", fmt.Errorf("mount at %q: filesystem type %q not allowed for this role", dst, m.GetType())
+		if mp.ReadOnly && !readOnly && e.recursive && e.rdonly && e.recRdonly == 0 {
+			// "rbind","ro" leaves the source's submounts writable; with
+			// none, it is read-only. Only root can mount on the host, so
+			// the answer cannot be changed before runc mounts by anyone
+			// the role is meant to contain.
+			real, err := resolve()
+			if err != nil {
+				return "", err
+			}
+			sub, err := host.HasSubmounts(real)
+			if err != nil {
+				return "", fmt.Errorf("mount at %q: %w", dst, err)
+			}
+			readOnly = !sub
 		}
-		what = fmt.Sprintf("%s mount", m.GetType())
+	} else if !mp.Types.Match(m.GetType()) {
+		return "", fmt.Errorf("mount at %q: filesystem type %q not allowed for this role", dst, m.GetType())
 	}
-	if mp.ReadOnly && !e.readOnly() {
+	if mp.ReadOnly && !readOnly {
 		want := `"ro" (and no "rrw" after it)`
 		if e.recursive {
-			want = `"rro", as "rbind" brings writable submounts along`
+			want = `"rro", as "rbind" brings the source's writable submounts along`
 		}
 		return "", fmt.Errorf("mount at %q: this role's mounts must be read-only as runc applies the options: want %s", dst, want)
 	}
-	if e.bind && !mp.SuidDev && !e.readOnly() && !e.noSuidDev() {
+	if e.bind && !mp.SuidDev && !readOnly && !e.noSuidDev() {
 		opts := `"nosuid" and "nodev"`
 		if e.recursive {
 			opts = `"rnosuid" and "rnodev"`

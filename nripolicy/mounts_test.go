@@ -31,6 +31,9 @@ func TestMountDecisions(t *testing.T) {
 		{"any type with bind option is a bind", ro, m("tmpfs", "/etc", "/run/s", "bind", "ro"), "not allowed"},
 		{"rbind rro", ro, m("", "/run/spire/sockets", "/run/s", "rbind", "rro"), ""},
 		{"rbind ro leaves submounts writable", ro, m("", "/run/spire/sockets", "/run/s", "rbind", "ro"), "rro"},
+		{"rbind ro of a symlink to a tree with submounts", ro, m("", "/var/lib/agent/inside/../..", "/run/s", "rbind", "ro"), "absolute, clean"},
+		{"rbind ro without submounts", ro, m("", "/var/lib/agent", "/run/s", "rbind", "ro"), ""},
+		{"rbind ro rrw without submounts", ro, m("", "/var/lib/agent", "/run/s", "rbind", "ro", "rrw"), "read-only"},
 		{"ro then rw", ro, m("", "/run/spire/sockets", "/run/s", "bind", "ro", "rw"), "read-only"},
 		{"rw then ro", ro, m("", "/run/spire/sockets", "/run/s", "bind", "rw", "ro"), ""},
 		{"ro then rrw", ro, m("", "/run/spire/sockets", "/run/s", "bind", "ro", "rrw"), "read-only"},
@@ -147,7 +150,8 @@ func runcView(m *api.Mount) (bind bool, hostPath string, writable bool) {
 	if !bind && rec == -1 {
 		top = false
 	}
-	submounts := slices.Contains(o, "rbind") && rec != 1
+	sub, _ := testHost.HasSubmounts(hostPath)
+	submounts := slices.Contains(o, "rbind") && rec != 1 && sub
 	return bind, hostPath, !top || submounts
 }
 
@@ -189,6 +193,7 @@ func FuzzMountPolicy(f *testing.F) {
 	f.Add("bind", "/var/lib/agent", "/mnt/../etc", "bind,ro", true)
 	f.Add("tmpfs", "tmpfs", "/run/t", "ro,rw,rro", true)
 	f.Add("bind", "/var/lib/agent", "/run/s", "rbind,ro", true)
+	f.Add("bind", "/run/spire/sockets", "/run/s", "rbind,ro", true)
 	f.Add("bind", "/var/lib/agent", "/run/s", "bind,ro,rrw", true)
 	f.Add("bind", "/var/lib/agent", "-/run/x", "bind,ro", true)
 	rt := map[bool]*runtime{}

@@ -83,7 +83,8 @@ type MountPolicy struct {
 	Destinations Globs `toml:"destinations"`
 	// ReadOnly requires every added mount to be read-only as runc applies
 	// its options: the last of "ro"/"rw" wins and "rrw" undoes it; an
-	// "rbind" mount must be recursively read-only ("rro").
+	// "rbind" mount must be recursively read-only ("rro"), unless its
+	// source has no submounts on the host.
 	ReadOnly bool `toml:"read_only"`
 	// SharedPropagation allows the "shared" and "rshared" propagation
 	// options, through which mounts made in the container reach the host.
