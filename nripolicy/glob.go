@@ -3,6 +3,7 @@ package nripolicy
 import (
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -53,4 +54,9 @@ func (g Globs) matchPath(p string) bool {
 		return false
 	}
 	return g.Match(path.Clean(p))
+}
+
+// matchesEveryPath reports whether g matches every absolute path.
+func (g Globs) matchesEveryPath() bool {
+	return slices.Contains(g, "*") || slices.Contains(g, "/**")
 }

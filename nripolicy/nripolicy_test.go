@@ -22,7 +22,7 @@ type roleMap map[string]Subject
 
 func (m roleMap) Lookup(p string) (Subject, bool) { s, ok := m[p]; return s, ok }
 
-func newValidator(t *testing.T, roles roleMap, g Globals) (*Validator, *bytes.Buffer, *prometheus.Registry) {
+func newValidator(t testing.TB, roles roleMap, g Globals) (*Validator, *bytes.Buffer, *prometheus.Registry) {
 	t.Helper()
 	var buf bytes.Buffer
 	reg := prometheus.NewRegistry()
@@ -30,12 +30,12 @@ func newValidator(t *testing.T, roles roleMap, g Globals) (*Validator, *bytes.Bu
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewValidator(roles, g, a), &buf, reg
+	return NewValidator(roles, g, a, WithHost(testHost)), &buf, reg
 }
 
 // request builds a validation request the way NRI's adaptation does: each
 // plugin's adjustment is claimed in OwningPlugins under its name.
-func request(t *testing.T, ctr *api.Container, adjust map[string]*api.ContainerAdjustment) *api.ValidateContainerAdjustmentRequest {
+func request(t testing.TB, ctr *api.Container, adjust map[string]*api.ContainerAdjustment) *api.ValidateContainerAdjustmentRequest {
 	t.Helper()
 	owners := api.NewOwningPlugins()
 	merged := &api.ContainerAdjustment{}
@@ -222,7 +222,7 @@ func TestUnknownPluginAndUnknownFieldAreRefused(t *testing.T) {
 	}
 	// A field number this package does not know is refused even for an
 	// allow-all role.
-	if ok, reason := decide(context.Background(), &all, claim{field: api.Field(999)}, nil); ok || !strings.Contains(reason, "not covered") {
+	if ok, reason := decide(context.Background(), &all, claim{field: api.Field(999)}, nil, osHost{}); ok || !strings.Contains(reason, "not covered") {
 		t.Fatalf("unknown field: %v %s", ok, reason)
 	}
 }

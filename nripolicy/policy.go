@@ -30,8 +30,14 @@ type Policy struct {
 	Annotations Globs `toml:"annotations"`
 	// Mounts governs mounts.
 	Mounts MountPolicy `toml:"mounts"`
-	// Devices lists the device paths the role may add or remove.
+	// Devices lists the device paths the role may add or remove. A device
+	// node must be the host's node at the same path (same type, major and
+	// minor), or be listed in DeviceNodes.
 	Devices Globs `toml:"devices"`
+	// DeviceNodes lists the device nodes the role may create at an allowed
+	// path whatever the host has there, each as "<type> <major>:<minor>",
+	// e.g. "c 10:229"; "*" stands for any major or minor.
+	DeviceNodes DeviceNodes `toml:"device_nodes"`
 	// CDIDevices lists the CDI device names (vendor/class=name) allowed.
 	CDIDevices Globs `toml:"cdi_devices"`
 	// NetDevices lists the host network device names the role may move
@@ -60,16 +66,32 @@ type Policy struct {
 	Seccomp seccomp.Policy `toml:"seccomp"`
 }
 
-// MountPolicy governs which mounts a role may add or remove.
+// MountPolicy governs which mounts a role may add or remove. A mount is
+// judged as runc will make it (see docs/nri-gateway.md, "Mounts").
 type MountPolicy struct {
-	// Sources lists the host paths a mount may come from; mounts whose
-	// source is not a path (tmpfs, proc ...) match their type instead,
-	// e.g. "tmpfs".
+	// Sources lists the host paths a bind mount may come from. Any mount
+	// with "bind" or "rbind" in its options, or of type "bind", is a bind
+	// mount, whatever its type says; its source must be absolute and clean,
+	// and both it and the path it resolves to on the host must match.
 	Sources Globs `toml:"sources"`
-	// Destinations lists the container paths a mount may go to.
+	// Types lists the filesystem types of the other mounts: pseudo
+	// filesystems that take no host path ("tmpfs", "proc", ...), or "*".
+	Types Globs `toml:"types"`
+	// Destinations lists the container paths a mount may go to, or be
+	// removed from. A destination under /proc or /sys matches only a
+	// pattern that itself begins with /proc or /sys.
 	Destinations Globs `toml:"destinations"`
-	// ReadOnly requires every added mount to carry the "ro" option.
+	// ReadOnly requires every added mount to be read-only as runc applies
+	// its options: the last of "ro"/"rw" wins and "rrw" undoes it; an
+	// "rbind" mount must be recursively read-only ("rro"), unless its
+	// source has no submounts on the host.
 	ReadOnly bool `toml:"read_only"`
+	// SharedPropagation allows the "shared" and "rshared" propagation
+	// options, through which mounts made in the container reach the host.
+	SharedPropagation bool `toml:"shared_propagation"`
+	// SuidDev allows writable bind mounts without "nosuid" and "nodev"
+	// (recursively, "rnosuid" and "rnodev", for "rbind").
+	SuidDev bool `toml:"suid_dev"`
 }
 
 // ResourcePolicy governs cgroup resource changes.
@@ -80,8 +102,12 @@ type ResourcePolicy struct {
 	HugePages bool `toml:"hugepages"`
 	BlockIO   bool `toml:"blockio"`
 	RDT       bool `toml:"rdt"`
-	// Devices allows device cgroup rules in container updates.
-	Devices bool `toml:"devices"`
+	// Devices lists the device cgroup rules (linux.resources.devices) the
+	// role may add, at creation and in updates, each as
+	// "<type> <major>:<minor> <access>", e.g. "c 10:229 rwm"; "*" stands
+	// for any major or minor, and type "a" for every type. A rule is
+	// allowed when one entry covers it.
+	Devices DeviceRules `toml:"devices"`
 	// Unified lists the cgroup v2 unified keys the role may set.
 	Unified Globs `toml:"unified"`
 }
@@ -92,9 +118,12 @@ func AllowAll() Policy {
 	all := Globs{"*"}
 	return Policy{
 		OCIHooks: true, Args: true, Env: all, Annotations: all,
-		Mounts:  MountPolicy{Sources: all, Destinations: all},
-		Devices: all, CDIDevices: all, NetDevices: all, Namespaces: all, Sysctls: all, Rlimits: all,
-		Resources:   ResourcePolicy{CPU: true, Memory: true, Pids: true, HugePages: true, BlockIO: true, RDT: true, Devices: true, Unified: all},
+		Mounts: MountPolicy{Sources: all, Types: all, Destinations: Globs{"*", "/proc/**", "/sys/**"},
+			SharedPropagation: true, SuidDev: true},
+		Devices: all, DeviceNodes: DeviceNodes{"a *:*"},
+		CDIDevices: all, NetDevices: all, Namespaces: all, Sysctls: all, Rlimits: all,
+		Resources: ResourcePolicy{CPU: true, Memory: true, Pids: true, HugePages: true, BlockIO: true, RDT: true,
+			Devices: DeviceRules{"a *:* rwm"}, Unified: all},
 		CgroupsPath: true, OOMScoreAdj: true, IOPriority: true, Scheduler: true, MemoryPolicy: true,
 		Seccomp: seccomp.Policy{Mode: seccomp.ModeAny},
 	}
@@ -106,7 +135,7 @@ func (p *Policy) Validate(prefix string) error {
 	var probs config.Problems
 	for name, g := range map[string]Globs{
 		"env": p.Env, "annotations": p.Annotations, "mounts.sources": p.Mounts.Sources,
-		"mounts.destinations": p.Mounts.Destinations, "devices": p.Devices, "cdi_devices": p.CDIDevices,
+		"mounts.types": p.Mounts.Types, "mounts.destinations": p.Mounts.Destinations, "devices": p.Devices, "cdi_devices": p.CDIDevices,
 		"net_devices": p.NetDevices, "namespaces": p.Namespaces, "sysctls": p.Sysctls, "rlimits": p.Rlimits,
 		"resources.unified": p.Resources.Unified,
 	} {
@@ -117,6 +146,17 @@ func (p *Policy) Validate(prefix string) error {
 	for _, ns := range p.Namespaces {
 		if ns != "*" && !slices.Contains(namespaceTypes, ns) {
 			probs.Addf("%s.namespaces: %q is not a namespace type; use one of %v or \"*\"", prefix, ns, namespaceTypes)
+		}
+	}
+	p.Mounts.validate(prefix+".mounts", &probs)
+	for _, n := range p.DeviceNodes {
+		if _, err := parseDevice(n, false); err != nil {
+			probs.Addf("%s.device_nodes: %v", prefix, err)
+		}
+	}
+	for _, r := range p.Resources.Devices {
+		if _, err := parseDevice(r, true); err != nil {
+			probs.Addf("%s.resources.devices: %v", prefix, err)
 		}
 	}
 	if err := p.Seccomp.Validate(); err != nil {

@@ -70,8 +70,12 @@ func resourceFields(r *api.LinuxResources) []resourceField {
 	if r.RdtClass != nil {
 		add("RdtClass", "", func(p ResourcePolicy) bool { return p.RDT }, "RDT class")
 	}
-	if len(r.Devices) > 0 {
-		add("Devices", "", func(p ResourcePolicy) bool { return p.Devices }, "device cgroup rules")
+	for _, d := range r.Devices {
+		key := "(malformed)"
+		if rule, err := ruleOf(d); err == nil {
+			key = rule.String()
+		}
+		out = append(out, resourceField{field: "DeviceCgroupRules", key: key, allowed: func(p ResourcePolicy) (bool, string) { return p.checkDeviceRule(d) }})
 	}
 	keys := make([]string, 0, len(r.Unified))
 	for k := range r.Unified {

@@ -31,11 +31,16 @@ type Validator struct {
 	roles   Roles
 	globals Globals
 	audit   *Audit
+	host    Host
 }
 
 // NewValidator returns a Validator.
-func NewValidator(roles Roles, globals Globals, audit *Audit) *Validator {
-	return &Validator{roles: roles, globals: globals, audit: audit}
+func NewValidator(roles Roles, globals Globals, audit *Audit, opts ...Option) *Validator {
+	v := &Validator{roles: roles, globals: globals, audit: audit, host: osHost{}}
+	for _, o := range opts {
+		o(v)
+	}
+	return v
 }
 
 // claim is one field a plugin set (or removed).
@@ -62,13 +67,14 @@ func (v *Validator) ValidateContainerAdjustment(ctx context.Context, req *api.Va
 			d.Subject = Subject{Plugin: c.owner, Role: "(none)"}
 			d.Reason = fmt.Sprintf("plugin %s did not connect through the gateway", c.owner)
 		} else {
-			d.Allowed, d.Reason = decide(ctx, subj.Policy, c, req)
+			d.Allowed, d.Reason = decide(ctx, subj.Policy, c, req, v.host)
 		}
 		v.audit.Record(ctx, d)
 		if !d.Allowed {
 			denials = append(denials, fmt.Sprintf("plugin %s (role %s): %s", d.Subject.Plugin, d.Subject.Role, d.Reason))
 		}
 	}
+	denials = append(denials, v.judgeUnattributed(ctx, req, pod)...)
 	if err := v.requiredPlugins(req); err != nil {
 		v.audit.Record(ctx, Decision{Subject: Subject{Role: "(global)"}, Event: "create", Pod: pod, Container: req.Container.Id,
 			Field: "RequiredPlugins", Reason: err.Error()})
@@ -89,6 +95,13 @@ func claims(o *api.OwningPlugins, id string) []claim {
 	var out []claim
 	for f, owner := range fo.Simple {
 		p, rm := api.IsMarkedForRemoval(owner)
+		if api.Field(f) == api.Field_OciHooks {
+			// NRI accumulates hook injectors as "a,b": each is judged.
+			for _, p := range strings.Split(owner, ",") {
+				out = append(out, claim{field: api.Field_OciHooks, owner: p})
+			}
+			continue
+		}
 		out = append(out, claim{field: api.Field(f), owner: p, removal: rm})
 	}
 	for f, comp := range fo.Compound {
@@ -101,7 +114,10 @@ func claims(o *api.OwningPlugins, id string) []claim {
 		if out[i].field != out[j].field {
 			return out[i].field < out[j].field
 		}
-		return out[i].key < out[j].key
+		if out[i].key != out[j].key {
+			return out[i].key < out[j].key
+		}
+		return out[i].owner < out[j].owner
 	})
 	return out
 }
@@ -121,22 +137,22 @@ func allowIf(ok bool, what string) (bool, string) {
 }
 
 // decide judges one claimed field.
-func decide(ctx context.Context, p *Policy, c claim, req *api.ValidateContainerAdjustmentRequest) (bool, string) {
+func decide(ctx context.Context, p *Policy, c claim, req *api.ValidateContainerAdjustmentRequest, host Host) (bool, string) {
 	if p == nil {
 		return false, "role has no policy"
 	}
 	r := p.Resources
 	switch c.field {
 	case api.Field_Annotations:
-		return allowIf(p.Annotations.Match(c.key), fmt.Sprintf("annotation %q", c.key))
+		return decideAnnotation(p, c.key, c.removal)
 	case api.Field_Env:
 		return allowIf(p.Env.Match(c.key), fmt.Sprintf("environment variable %q", c.key))
 	case api.Field_Mounts:
-		return decideMount(p.Mounts, c, req.GetAdjust().GetMounts())
+		return decideMount(p.Mounts, c, req.GetAdjust().GetMounts(), host)
 	case api.Field_OciHooks:
 		return allowIf(p.OCIHooks, "OCI hook injection")
 	case api.Field_Devices:
-		return allowIf(p.Devices.matchPath(c.key), fmt.Sprintf("device %q", c.key))
+		return decideDevice(p, c, req.GetAdjust().GetLinux().GetDevices(), host)
 	case api.Field_CdiDevices:
 		return allowIf(p.CDIDevices.Match(c.key), fmt.Sprintf("CDI device %q", c.key))
 	case api.Field_Args:
@@ -179,34 +195,6 @@ func decide(ctx context.Context, p *Policy, c claim, req *api.ValidateContainerA
 		return allowIf(p.MemoryPolicy, "NUMA memory policy")
 	}
 	return false, fmt.Sprintf("field %s is not covered by trustgate's policy, so it is refused", c.field)
-}
-
-func decideMount(mp MountPolicy, c claim, mounts []*api.Mount) (bool, string) {
-	if !mp.Destinations.matchPath(c.key) {
-		return false, fmt.Sprintf("mount at %q: destination not allowed for this role", c.key)
-	}
-	if c.removal {
-		return true, fmt.Sprintf("removing the mount at %q allowed", c.key)
-	}
-	i := slices.IndexFunc(mounts, func(m *api.Mount) bool { return m.GetDestination() == c.key })
-	if i < 0 {
-		return false, fmt.Sprintf("mount at %q: claimed but absent from the adjustment", c.key)
-	}
-	m := mounts[i]
-	src, srcOK := m.Source, false
-	if strings.HasPrefix(src, "/") {
-		srcOK = mp.Sources.matchPath(src)
-	} else {
-		src = m.Type
-		srcOK = mp.Sources.Match(m.Type)
-	}
-	if !srcOK {
-		return false, fmt.Sprintf("mount at %q: source %q not allowed for this role", c.key, src)
-	}
-	if mp.ReadOnly && !slices.Contains(m.Options, "ro") {
-		return false, fmt.Sprintf("mount at %q: this role's mounts must be read-only (option \"ro\")", c.key)
-	}
-	return true, fmt.Sprintf("mount of %q at %q allowed", src, c.key)
 }
 
 // requiredPlugins applies NRI's required-plugins rule: the configured
