@@ -135,7 +135,8 @@ func TestImpostorOverwritingTheGatewaysValue(t *testing.T) {
 
 // TestBypassWithoutOwnedFieldsOfTheContainer covers what a bypassing plugin
 // can return besides owned fields of the created container: updates of
-// other containers, and device cgroup rules, which NRI records no owner for.
+// other containers, and device cgroup rules and removals, which NRI records
+// no owner for.
 func TestBypassWithoutOwnedFieldsOfTheContainer(t *testing.T) {
 	for name, create := range map[string]func(*api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate){
 		"update of another container": func(*api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate) {
@@ -145,6 +146,19 @@ func TestBypassWithoutOwnedFieldsOfTheContainer(t *testing.T) {
 		"device cgroup rule": func(*api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate) {
 			return &api.ContainerAdjustment{Linux: &api.LinuxContainerAdjustment{Resources: &api.LinuxResources{
 				Devices: []*api.LinuxDeviceCgroup{{Allow: true, Type: "b", Access: "rwm"}}}}}, nil
+		},
+		// NRI records no owner for removals of mounts, annotations,
+		// sysctls and network devices: a bypassing plugin could drop a
+		// mount or annotation the kubelet asked for.
+		"mount removal": func(*api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate) {
+			a := &api.ContainerAdjustment{}
+			a.RemoveMount("/var/run/secrets/kubernetes.io/serviceaccount")
+			return a, nil
+		},
+		"annotation removal": func(*api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate) {
+			a := &api.ContainerAdjustment{}
+			a.RemoveAnnotation("io.kubernetes.cri.sandbox-id")
+			return a, nil
 		},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -228,8 +229,8 @@ func (u *upstream) RemoveContainer(ctx context.Context, pod *api.PodSandbox, ctr
 // directly. Fields owned under the gateway's own name must hold exactly
 // what the gateway returned for this container: containerd accepts a second
 // plugin registered under the same name, and its claims carry that name.
-// Device cgroup rules, which NRI records no owner for, must be the
-// gateway's unless an allowed upstream plugin took part. Every refusal is
+// Device cgroup rules and removals, which NRI records no owner for, must be
+// the gateway's unless an allowed upstream plugin took part. Every refusal is
 // an audit record.
 func (u *upstream) ValidateContainerAdjustment(ctx context.Context, req *api.ValidateContainerAdjustmentRequest) error {
 	created := req.GetContainer().GetId()
@@ -285,6 +286,13 @@ func (u *upstream) ValidateContainerAdjustment(ctx context.Context, req *api.Val
 		if !protoSlicesEqual(got, want) {
 			refuse("(unknown)", created, api.Field_None, "linux.resources.devices",
 				"device cgroup rules (which NRI records no owner for) differ from what the gateway returned: a plugin that did not come through the gateway added them")
+		}
+		wantRm := removals(rec.adjust)
+		for _, k := range slices.Sorted(maps.Keys(removals(req.GetAdjust()))) {
+			if !wantRm[k] {
+				refuse("(unknown)", created, api.Field_None, k,
+					"a removal (which NRI records no owner for) that the gateway did not return: a plugin that did not come through the gateway made it")
+			}
 		}
 	}
 	if len(refusals) == 0 {
@@ -349,4 +357,28 @@ func podName(p *api.PodSandbox) string {
 		return ""
 	}
 	return p.GetNamespace() + "/" + p.GetName()
+}
+
+// removals lists the removals in an adjustment that NRI may record no owner
+// for (mounts, annotations, sysctls, network devices), as "<kind> <key>".
+func removals(a *api.ContainerAdjustment) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range a.GetMounts() {
+		if dst, rm := m.IsMarkedForRemoval(); rm {
+			out["mount "+dst] = true
+		}
+	}
+	for kind, m := range map[string]map[string]string{"annotation": a.GetAnnotations(), "sysctl": a.GetLinux().GetSysctl()} {
+		for k := range m {
+			if key, rm := api.IsMarkedForRemoval(k); rm {
+				out[kind+" "+key] = true
+			}
+		}
+	}
+	for k := range a.GetLinux().GetNetDevices() {
+		if key, rm := api.IsMarkedForRemoval(k); rm {
+			out["net device "+key] = true
+		}
+	}
+	return out
 }
