@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/client/auth"
 	"github.com/trustgate/trustgate/policy"
+	"github.com/trustgate/trustgate/store"
 	"github.com/trustgate/trustgate/token"
 )
 
@@ -110,28 +110,41 @@ func (c *tokenCache) put(k [sha256.Size]byte, e *callerEntry, now time.Time) {
 }
 
 // attestationToken finds the caller's attestation token: the Authorization
-// bearer token, or else the kbs-session-id cookie, which POST
-// /kbs/v0/attest sets to the token so that Trustee's clients, which replay
-// the session cookie, are recognised.
-func attestationToken(r *http.Request) (string, *authFailure) {
+// bearer token, or else the token of the attested session that the
+// kbs-session-id cookie names. As in Trustee, the session id stays a
+// credential until the session expires, so that clients that keep the id
+// from /kbs/v0/auth (Trustee's curl scripts) are recognised.
+func (s *Server) attestationToken(r *http.Request) (string, *authFailure) {
 	if raw, ok := bearer(r); ok {
 		return raw, nil
 	}
-	if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
-		if strings.Count(c.Value, ".") == 2 {
-			return c.Value, nil
-		}
+	c, err := r.Cookie(SessionCookie)
+	if err != nil || c.Value == "" {
+		return "", &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenNotFound,
+			detail: "no attestation token: send Authorization: Bearer <token from POST /kbs/v0/attest>"}
+	}
+	sess, err := s.store.Sessions().Get(r.Context(), c.Value)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return "", &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenNotFound,
+			detail: "the " + SessionCookie + " cookie names no session: start again at POST /kbs/v0/auth", errCode: "invalid_token"}
+	case err != nil:
+		s.log.Error("request failed", "path", r.URL.Path, "peer", r.RemoteAddr, "err", fmt.Errorf("get session: %w", err))
+		return "", &authFailure{status: http.StatusInternalServerError, typ: ProblemInternal, detail: "internal error: the session could not be read; see the server log"}
+	case !s.now().Before(sess.ExpiresAt):
+		return "", &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenNotFound,
+			detail: "the " + SessionCookie + " session expired: start again at POST /kbs/v0/auth", errCode: "invalid_token"}
+	case len(sess.Claims) == 0:
 		return "", &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenNotFound,
 			detail: "the " + SessionCookie + " cookie names a session that has not attested: POST /kbs/v0/attest first", errCode: "invalid_token"}
 	}
-	return "", &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenNotFound,
-		detail: "no attestation token: send Authorization: Bearer <token from POST /kbs/v0/attest>"}
+	return string(sess.Claims), nil
 }
 
 // authAttested authenticates a caller of a plugin endpoint: the
 // attestation token, or a scoped token for the broker's own service.
 func (s *Server) authAttested(r *http.Request) (*callerEntry, *authFailure) {
-	raw, af := attestationToken(r)
+	raw, af := s.attestationToken(r)
 	if af != nil {
 		return nil, af
 	}
