@@ -134,7 +134,12 @@ func quotable(s string) bool {
 // endpoints and plugin endpoints: realm and service always, scope when
 // the request has one, and an RFC 6750 error code when there is one.
 func (ts *tokenService) challenge(scope, errCode string) string {
-	v := `Bearer realm="` + ts.realm + `",service="` + ts.service + `"`
+	return ts.challengeFor(ts.service, scope, errCode)
+}
+
+// challengeFor is challenge for a known service (validated quotable).
+func (ts *tokenService) challengeFor(service, scope, errCode string) string {
+	v := `Bearer realm="` + ts.realm + `",service="` + service + `"`
 	if scope != "" {
 		v += `,scope="` + scope + `"`
 	}
@@ -214,7 +219,9 @@ func badTokenRequest(code, format string, args ...any) *tokenError {
 }
 
 // parseTokenRequest reads the service, scopes and credential of a GET
-// (query, Authorization header) or OAuth2 POST (form) token request.
+// (query, Authorization header) or OAuth2 POST (form) token request. On a
+// refused credential it returns the request too, so that the challenge can
+// name the service requested.
 func (ts *tokenService) parseTokenRequest(w http.ResponseWriter, r *http.Request) (*tokenRequest, *tokenError) {
 	tr := &tokenRequest{}
 	var params url.Values
@@ -226,15 +233,6 @@ func (ts *tokenService) parseTokenRequest(w http.ResponseWriter, r *http.Request
 			return nil, badTokenRequest("invalid_request", "query: %v", err)
 		}
 		params, scopes = q, q["scope"]
-		if h := r.Header.Get("Authorization"); h != "" {
-			if raw, ok := bearerValue(h); ok {
-				tr.cred = raw
-			} else if user, pass, ok := basicAuth(h); ok {
-				tr.username, tr.cred = user, pass
-			} else {
-				return nil, &tokenError{status: http.StatusUnauthorized, detail: "Authorization must be Bearer <attestation token or JWT-SVID> or Basic with the token as the password", challenge: true, errCode: "invalid_request"}
-			}
-		}
 	default:
 		tr.oauth = true
 		if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); !strings.EqualFold(strings.TrimSpace(ct), "application/x-www-form-urlencoded") {
@@ -279,6 +277,15 @@ func (ts *tokenService) parseTokenRequest(w http.ResponseWriter, r *http.Request
 	}
 	if !ts.services[tr.service] {
 		return nil, badTokenRequest("invalid_request", "unknown service %.100q: this broker issues tokens for %s", tr.service, strings.Join(slices.Sorted(maps.Keys(ts.services)), ", "))
+	}
+	if h := r.Header.Get("Authorization"); !tr.oauth && h != "" {
+		if raw, ok := bearerValue(h); ok {
+			tr.cred = raw
+		} else if user, pass, ok := basicAuth(h); ok {
+			tr.username, tr.cred = user, pass
+		} else {
+			return tr, &tokenError{status: http.StatusUnauthorized, detail: "Authorization must be Bearer <attestation token or JWT-SVID> or Basic with the token as the password", challenge: true, errCode: "invalid_request"}
+		}
 	}
 	var flat []string
 	for _, v := range scopes {
@@ -355,10 +362,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	o := tokenOutcome{}
 	defer func() { s.audit.recordToken(r, &o, time.Since(start)) }()
 	ts := s.ts
+	// The challenge names the service requested, once it is known.
+	service := ts.service
 	fail := func(te *tokenError, verdict string) {
 		o.status, o.verdict = te.status, verdict
 		if te.challenge {
-			w.Header().Set("WWW-Authenticate", ts.challenge("", te.errCode))
+			w.Header().Set("WWW-Authenticate", ts.challengeFor(service, "", te.errCode))
 		}
 		if r.Method == http.MethodPost && te.oauthCode != "" {
 			writeJSON(w, te.status, map[string]string{"error": te.oauthCode, "error_description": te.detail})
@@ -374,6 +383,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, te.status, typ, te.detail)
 	}
 	tr, te := ts.parseTokenRequest(w, r)
+	if tr != nil {
+		service = tr.service
+	}
 	if te != nil {
 		verdict := VerdictInvalid
 		if te.status == http.StatusUnauthorized {

@@ -268,7 +268,7 @@ func TestTokenServiceLifetimeAndExpiredCaller(t *testing.T) {
 	h.clock.Advance(61 * time.Second)
 	resp, body := getToken(t, h, q, "Bearer "+att)
 	wantProblem(t, resp, body, 401, "TokenVerifierError", "expired")
-	want := `Bearer realm="` + h.http.URL + `/token",service="trustgate",error="invalid_token"`
+	want := `Bearer realm="` + h.http.URL + `/token",service="` + registryService + `",error="invalid_token"`
 	if got := resp.Header.Get("WWW-Authenticate"); got != want {
 		t.Fatalf("challenge %q, want %q", got, want)
 	}
@@ -284,6 +284,17 @@ func TestTokenServiceRefusals(t *testing.T) {
 	att := attestSample(t, h, teeKey(t))
 	resp, body := getToken(t, h, url.Values{"service": {registryService}, "scope": {"repository:team/app:pull"}}, "")
 	wantProblem(t, resp, body, 401, "TokenNotFound", "no credential")
+	// The challenge names the service requested, not the broker's own.
+	if got, want := resp.Header.Get("WWW-Authenticate"), `Bearer realm="`+h.http.URL+`/token",service="`+registryService+`"`; got != want {
+		t.Fatalf("challenge %q, want %q", got, want)
+	}
+	resp, body = getToken(t, h, url.Values{"service": {registryService}}, "Digest foo")
+	wantProblem(t, resp, body, 401, "TokenVerifierError", "Authorization must be")
+	if got, want := resp.Header.Get("WWW-Authenticate"), `Bearer realm="`+h.http.URL+`/token",service="`+registryService+`",error="invalid_request"`; got != want {
+		t.Fatalf("challenge %q, want %q", got, want)
+	}
+	// Without a service, or with an unknown one, it names the broker's own.
+	resp, _ = getToken(t, h, url.Values{"scope": {"plugin:echo/a:get"}}, "")
 	if got, want := resp.Header.Get("WWW-Authenticate"), `Bearer realm="`+h.http.URL+`/token",service="trustgate"`; got != want {
 		t.Fatalf("challenge %q, want %q", got, want)
 	}
