@@ -197,6 +197,7 @@ func New(opts Options) (*Server, error) {
 	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.auth))
 	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.attest))
 	s.mux.Handle("GET /.well-known/jwks.json", opts.Tokens)
+	s.mux.HandleFunc("GET /.well-known/token-ca.pem", opts.Tokens.ServeRootCertificates)
 	s.mux.Handle("POST /admin/v1/entries", s.admin(s.createEntry))
 	s.mux.Handle("GET /admin/v1/entries", s.admin(s.listEntries))
 	s.mux.Handle("GET /admin/v1/entries/{id}", s.admin(s.getEntry))

@@ -40,6 +40,12 @@ type TokenServiceOptions struct {
 	// Services are the other services (registries) tokens may be issued
 	// for. A request for any other service is refused.
 	Services []string
+	// X5CServices are those of Services whose tokens carry an "x5c"
+	// chain to the token CA (token.Authority.SignWithChain): registries
+	// that trust the broker through auth.token.rootcertbundle
+	// (distribution v2.x, Harbor, v3 with a rootcertbundle). A registry
+	// with only a JWKS refuses chained tokens, so the others get none.
+	X5CServices []string
 	// ExpiresIn is a scoped token's lifetime (default 5m). A token never
 	// outlives the credential it was exchanged for, and ExpiresIn may not
 	// exceed the token Authority's MaxTokenTTL.
@@ -79,6 +85,7 @@ type tokenService struct {
 	realm     string
 	service   string
 	services  map[string]bool
+	x5c       map[string]bool
 	expiresIn time.Duration
 	maxScopes int
 	svids     *svidVerifier
@@ -90,7 +97,7 @@ func newTokenService(o *TokenServiceOptions, td spiffeid.TrustDomain, maxTTL tim
 		return nil, fmt.Errorf("broker: token service realm %q: want an absolute http(s) URL such as \"https://broker.example.org/token\"", o.Realm)
 	}
 	ts := &tokenService{realm: o.Realm, service: o.Service, services: map[string]bool{o.Service: true},
-		expiresIn: o.ExpiresIn, maxScopes: o.MaxScopes}
+		x5c: map[string]bool{}, expiresIn: o.ExpiresIn, maxScopes: o.MaxScopes}
 	if o.Service == "" || !quotable(o.Service) {
 		return nil, fmt.Errorf("broker: token service name %q: want a non-empty name without quotes, backslashes or control characters", o.Service)
 	}
@@ -99,6 +106,12 @@ func newTokenService(o *TokenServiceOptions, td spiffeid.TrustDomain, maxTTL tim
 			return nil, fmt.Errorf("broker: token service: service name %q: want a non-empty name without quotes, backslashes or control characters", svc)
 		}
 		ts.services[svc] = true
+	}
+	for _, svc := range o.X5CServices {
+		if svc == o.Service || !ts.services[svc] {
+			return nil, fmt.Errorf("broker: token service: x5c service %q is not one of the registry services %q", svc, o.Services)
+		}
+		ts.x5c[svc] = true
 	}
 	if ts.expiresIn <= 0 {
 		ts.expiresIn = DefaultScopedTokenTTL
@@ -434,7 +447,11 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		c := ent.caller
 		claims.SPIFFEID, claims.Selectors, claims.Aliases, claims.TEE, claims.TCB, claims.TEEPubKey = c.SPIFFEID, c.Selectors, c.Aliases, c.TEE, c.TCB, c.TEEPubKey
 	}
-	tok, err := s.opts.Tokens.Sign(claims)
+	sign := s.opts.Tokens.Sign
+	if ts.x5c[tr.service] {
+		sign = s.opts.Tokens.SignWithChain
+	}
+	tok, err := sign(claims)
 	if err != nil {
 		o.err = err
 		fail(&tokenError{status: http.StatusInternalServerError, oauthCode: "server_error", detail: "internal error; see the server log"}, VerdictError)
