@@ -45,7 +45,7 @@ const (
 	// registryV2Svc is the Debian docker-registry's (distribution 2.8),
 	// which trusts the broker through rootcertbundle.
 	registryV2Svc = "registry-v2.test"
-	callerID    = "spiffe://example.org/tee/sample"
+	callerID      = "spiffe://example.org/tee/sample"
 )
 
 // brokerPolicy: sample-TEE callers may pull team/ repositories and push
