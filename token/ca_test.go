@@ -9,7 +9,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"math/big"
 	"net/http"
 	"strings"
 	"testing"
@@ -25,14 +24,18 @@ import (
 // distribution's docs/spec/auth/jwt.md, whose "kid" is its libtrust
 // fingerprint.
 func TestKeyIDSpecVector(t *testing.T) {
-	b := func(s string) *big.Int {
+	b := func(s string) []byte {
 		v, err := base64.RawURLEncoding.DecodeString(s)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return new(big.Int).SetBytes(v)
+		return v
 	}
-	pub := &ecdsa.PublicKey{Curve: elliptic.P256(), X: b("m7zUpx3b-zmVE5cymSs64POG9QcyEpJaYCD82-549_Q"), Y: b("dU3biz8sZ_8GPB-odm8Wxz3lNDr1xcAQQPQaOcr1fmc")}
+	point := append(append([]byte{4}, b("m7zUpx3b-zmVE5cymSs64POG9QcyEpJaYCD82-549_Q")...), b("dU3biz8sZ_8GPB-odm8Wxz3lNDr1xcAQQPQaOcr1fmc")...)
+	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), point)
+	if err != nil {
+		t.Fatal(err)
+	}
 	got, err := KeyID(pub)
 	if want := "PYYO:TEWU:V7JH:26JV:AQTZ:LJC3:SXVJ:XGHA:34F2:2LAQ:ZRMK:Z7Q6"; err != nil || got != want {
 		t.Fatalf("KeyID = %q, %v; want %q", got, err, want)
