@@ -347,9 +347,14 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	// The session keeps its token, so that its id stays a credential until
-	// it expires, as in Trustee (kbs/src/http/attest.rs).
-	if err := s.store.Sessions().SetClaims(ctx, sess.ID, []byte(tok)); err != nil {
+	// The session keeps the token's claims, so that its id stays a
+	// credential until it expires, as in Trustee (kbs/src/http/attest.rs).
+	doc, err := json.Marshal(claims)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("encode claims: %w", err))
+		return
+	}
+	if err := s.store.Sessions().SetClaims(ctx, sess.ID, doc); err != nil {
 		s.fail(w, r, fmt.Errorf("session %s: %w", sess.ID, err))
 		return
 	}
@@ -359,7 +364,8 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 }
 
 // reattest answers an attest on a session that already attested with the
-// session's token, as Trustee does, and reports whether it answered.
+// session's token, as Trustee does: its claims (the same "jti" and
+// lifetime), signed again. It reports whether it answered.
 func (s *Server) reattest(w http.ResponseWriter, r *http.Request, id string, now time.Time) bool {
 	sess, err := s.store.Sessions().Get(r.Context(), id)
 	if err != nil || len(sess.Claims) == 0 {
@@ -370,12 +376,22 @@ func (s *Server) reattest(w http.ResponseWriter, r *http.Request, id string, now
 		s.fail(w, r, rejectf("session expired: start again at /kbs/v0/auth"))
 		return true
 	}
-	if _, af := s.verifyCaller(string(sess.Claims), credAttestation); af != nil {
-		s.fail(w, r, rejectf("this session's token is no longer valid (%s): start again at /kbs/v0/auth", af.detail))
+	e, err := s.sessionEntry(sess)
+	if err != nil {
+		s.fail(w, r, err)
+		return true
+	}
+	if !e.valid(now) {
+		s.fail(w, r, rejectf("this session's attestation has expired: start again at /kbs/v0/auth"))
+		return true
+	}
+	tok, err := s.opts.Tokens.Sign(json.RawMessage(sess.Claims))
+	if err != nil {
+		s.fail(w, r, err)
 		return true
 	}
 	s.setCookie(w, r, sess)
-	writeJSON(w, http.StatusOK, map[string]string{"token": string(sess.Claims)})
+	writeJSON(w, http.StatusOK, map[string]string{"token": tok})
 	return true
 }
 

@@ -179,8 +179,8 @@ func TestRCARTampering(t *testing.T) {
 			t.Fatal(err)
 		}
 		// On the attested session, Trustee answers the session's token.
-		if again, err := c.Attest(a); err != nil || again != tok {
-			t.Fatalf("attest on the attested session: %v (same token: %v)", err, again == tok)
+		if again, err := c.Attest(a); err != nil || strings.Split(again, ".")[1] != strings.Split(tok, ".")[1] {
+			t.Fatalf("attest on the attested session: %v, %q, want the claims of %q", err, again, tok)
 		}
 		// In another session the evidence is worthless.
 		other, _ := fresh()
