@@ -11,8 +11,11 @@
 //   - a retired key stays published until MaxTokenTTL after its NotAfter,
 //     when the last token it signed has expired, and is then deleted.
 //
-// Sign takes any JSON claims, so the attestation token (Attestation) and,
-// later, registry-style scoped tokens share one key set and one JWKS.
+// Sign takes any JSON claims, so the attestation token (Attestation) and
+// registry-style scoped tokens share one key set and one JWKS. Key IDs are
+// libtrust fingerprints (KeyID), and a long-lived token CA (kind KindCA)
+// certifies every key, so that SignWithChain's tokens carry an x5c chain
+// that registries trusting RootCertificates accept across rotations.
 package token
 
 import (
