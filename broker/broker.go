@@ -30,10 +30,15 @@ import (
 
 	"github.com/trustgate/trustgate/attest"
 	"github.com/trustgate/trustgate/broker/plugin"
+	"github.com/trustgate/trustgate/broker/plugin/svid"
 	"github.com/trustgate/trustgate/policy"
 	"github.com/trustgate/trustgate/store"
 	"github.com/trustgate/trustgate/token"
 )
+
+// SPIFFEBundlePath is where the svid plugin's trust bundle is served
+// without authentication, in SPIFFE federation format.
+const SPIFFEBundlePath = "/.well-known/spiffe-bundle.json"
 
 // Options assemble a Server.
 type Options struct {
@@ -199,6 +204,14 @@ func New(opts Options) (*Server, error) {
 	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.limit, s.auth))
 	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.limit, s.attest))
 	s.mux.Handle("GET /.well-known/jwks.json", opts.Tokens)
+	s.mux.HandleFunc("GET /.well-known/token-ca.pem", opts.Tokens.ServeRootCertificates)
+	for _, p := range opts.Plugins {
+		// The SPIFFE bundle is public, for relying parties that cannot
+		// attest (SPIFFE federation, https_web).
+		if sp, ok := p.(*svid.Plugin); ok {
+			s.mux.HandleFunc("GET "+SPIFFEBundlePath, sp.ServeBundle)
+		}
+	}
 	s.mux.Handle("POST /admin/v1/entries", s.admin(s.createEntry))
 	s.mux.Handle("GET /admin/v1/entries", s.admin(s.listEntries))
 	s.mux.Handle("GET /admin/v1/entries/{id}", s.admin(s.getEntry))

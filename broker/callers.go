@@ -2,18 +2,20 @@ package broker
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/client/auth"
 	"github.com/trustgate/trustgate/policy"
+	"github.com/trustgate/trustgate/store"
 	"github.com/trustgate/trustgate/token"
 )
 
@@ -109,33 +111,66 @@ func (c *tokenCache) put(k [sha256.Size]byte, e *callerEntry, now time.Time) {
 	c.m[k] = e
 }
 
-// attestationToken finds the caller's attestation token: the Authorization
-// bearer token, or else the kbs-session-id cookie, which POST
-// /kbs/v0/attest sets to the token so that Trustee's clients, which replay
-// the session cookie, are recognised.
-func attestationToken(r *http.Request) (string, *authFailure) {
+// authAttested authenticates a caller of a plugin endpoint: the
+// attestation token or a scoped token for the broker's own service, as a
+// bearer token, or else the attested session that the kbs-session-id
+// cookie names.
+func (s *Server) authAttested(r *http.Request) (*callerEntry, *authFailure) {
 	if raw, ok := bearer(r); ok {
-		return raw, nil
+		return s.verifyCaller(raw, credAttestation|credScoped)
 	}
-	if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
-		if strings.Count(c.Value, ".") == 2 {
-			return c.Value, nil
-		}
-		return "", &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenNotFound,
-			detail: "the " + SessionCookie + " cookie names a session that has not attested: POST /kbs/v0/attest first", errCode: "invalid_token"}
-	}
-	return "", &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenNotFound,
-		detail: "no attestation token: send Authorization: Bearer <token from POST /kbs/v0/attest>"}
+	return s.sessionCaller(r)
 }
 
-// authAttested authenticates a caller of a plugin endpoint: the
-// attestation token, or a scoped token for the broker's own service.
-func (s *Server) authAttested(r *http.Request) (*callerEntry, *authFailure) {
-	raw, af := attestationToken(r)
-	if af != nil {
-		return nil, af
+// sessionCaller authenticates a caller by its kbs-session-id. As in
+// Trustee, the session id stays a credential while the session lives, so
+// that clients that keep the id from /kbs/v0/auth (Trustee's curl scripts)
+// are recognised. The session holds the claims of the token it was
+// issued, not the token: a store reader learns no bearer token.
+func (s *Server) sessionCaller(r *http.Request) (*callerEntry, *authFailure) {
+	c, err := r.Cookie(SessionCookie)
+	if err != nil || c.Value == "" {
+		return nil, &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenNotFound,
+			detail: "no attestation token: send Authorization: Bearer <token from POST /kbs/v0/attest>"}
 	}
-	return s.verifyCaller(raw, credAttestation|credScoped)
+	invalid := func(detail string) *authFailure {
+		return &authFailure{status: http.StatusUnauthorized, typ: ProblemTokenNotFound, detail: detail, errCode: "invalid_token"}
+	}
+	now := s.now()
+	sess, err := s.store.Sessions().Get(r.Context(), c.Value)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, invalid("the " + SessionCookie + " cookie names no session: start again at POST /kbs/v0/auth")
+	case err != nil:
+		s.log.Error("request failed", "path", r.URL.Path, "peer", r.RemoteAddr, "err", fmt.Errorf("get session: %w", err))
+		return nil, &authFailure{status: http.StatusInternalServerError, typ: ProblemInternal, detail: "internal error: the session could not be read; see the server log"}
+	case !now.Before(sess.ExpiresAt):
+		return nil, invalid("the " + SessionCookie + " session expired: start again at POST /kbs/v0/auth")
+	case len(sess.Claims) == 0:
+		return nil, invalid("the " + SessionCookie + " cookie names a session that has not attested: POST /kbs/v0/attest first")
+	}
+	e, err := s.sessionEntry(sess)
+	if err != nil {
+		s.log.Error("request failed", "path", r.URL.Path, "peer", r.RemoteAddr, "err", err)
+		return nil, &authFailure{status: http.StatusInternalServerError, typ: ProblemInternal, detail: "internal error: the session could not be read; see the server log"}
+	}
+	if !e.valid(now) {
+		return nil, invalid("the attestation of this " + SessionCookie + " session has expired: start again at POST /kbs/v0/auth")
+	}
+	return e, nil
+}
+
+// sessionEntry is the caller of an attested session, from the claims the
+// session keeps.
+func (s *Server) sessionEntry(sess store.Session) (*callerEntry, error) {
+	var c brokerClaims
+	if err := json.Unmarshal(sess.Claims, &c); err != nil {
+		return nil, fmt.Errorf("session %s claims: %w", sess.ID, err)
+	}
+	if c.Access != nil || len(c.Audience) != 0 || c.Expiry == nil {
+		return nil, fmt.Errorf("session %s claims are not an attestation token's", sess.ID)
+	}
+	return s.brokerEntry(c.Claims, c)
 }
 
 // verifyCaller verifies a bearer credential of one of the allowed kinds.
@@ -186,6 +221,11 @@ func (s *Server) verifyBrokerToken(raw string) (*callerEntry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attestation token: %w", err)
 	}
+	return s.brokerEntry(std, c)
+}
+
+// brokerEntry is the caller of verified broker claims.
+func (s *Server) brokerEntry(std jwt.Claims, c brokerClaims) (*callerEntry, error) {
 	att := c.Attestation
 	e := &callerEntry{
 		kind: credAttestation,

@@ -61,6 +61,9 @@ type TokenServiceConfig struct {
 	Service string `toml:"service"`
 	// Services are the registries tokens may be issued for.
 	Services []string `toml:"services"`
+	// X5CServices are those of Services whose tokens carry an x5c chain
+	// to the token CA, for registries that trust auth.token.rootcertbundle.
+	X5CServices []string `toml:"x5c_services"`
 	// ExpiresIn is a scoped token's lifetime.
 	ExpiresIn Duration `toml:"expires_in"`
 	// SVIDAudience is the audience a caller's JWT-SVID must hold; empty
@@ -360,6 +363,11 @@ func (c *Config) Validate() error {
 		for _, svc := range ts.Services {
 			if svc == "" || strings.ContainsAny(svc, "\"\\") || svc == ts.Service {
 				p.Addf("token_service.services: %q: want registry service names (as in their auth.token.service), each different from token_service.service", svc)
+			}
+		}
+		for _, svc := range ts.X5CServices {
+			if !slices.Contains(ts.Services, svc) {
+				p.Addf("token_service.x5c_services: %q is not in token_service.services: list there the registries that trust /.well-known/token-ca.pem as auth.token.rootcertbundle", svc)
 			}
 		}
 		positive("token_service.expires_in", ts.ExpiresIn)

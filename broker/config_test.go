@@ -94,8 +94,9 @@ func TestConfigTokenService(t *testing.T) {
 	c.TokenService.Service = `a"b`
 	c.TokenService.Services = []string{`a"b`, ""}
 	c.TokenService.ExpiresIn.Duration = 0
+	c.TokenService.X5CServices = []string{"registry.example.org"}
 	err := c.Validate()
-	for _, want := range []string{"token_service.realm", "token_service.service", "token_service.services: \"\"", "token_service.expires_in"} {
+	for _, want := range []string{"token_service.realm", "token_service.service", "token_service.services: \"\"", "token_service.expires_in", "token_service.x5c_services: \"registry.example.org\""} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("want a problem about %s, got %v", want, err)
 		}

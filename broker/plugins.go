@@ -155,7 +155,11 @@ func (s *Server) servePlugin(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusMethodNotAllowed, ProblemMethodNotAllowed, fmt.Sprintf("plugin %s does not serve %s", name, r.Method), VerdictInvalid)
 		return
 	}
-	query, err := singleQuery(r.URL.RawQuery)
+	var repeatable []string
+	if rq, ok := p.(plugin.RepeatedQuery); ok {
+		repeatable = rq.RepeatedQuery()
+	}
+	query, err := singleQuery(r.URL.RawQuery, repeatable)
 	if err != nil {
 		fail(http.StatusBadRequest, ProblemBadRequest, err.Error(), VerdictInvalid)
 		return
@@ -214,7 +218,7 @@ func (s *Server) servePlugin(w http.ResponseWriter, r *http.Request) {
 			fail(http.StatusForbidden, ProblemInsufficientScope, detail, VerdictDenied)
 			return
 		}
-		d, err := s.policy.Evaluate(ctx, &policy.Input{Method: r.Method, Plugin: name, Path: rest, Query: queryMap(query), Claims: ent.claims, Credential: ent.kind.String()})
+		d, err := s.policy.Evaluate(ctx, &policy.Input{Method: r.Method, Plugin: name, Path: rest, Query: queryMap(query, repeatable), QueryLists: queryLists(query, repeatable), Claims: ent.claims, Credential: ent.kind.String()})
 		o.reason, o.revision = d.Reason, d.Revision
 		if err != nil {
 			o.err = err
@@ -298,12 +302,10 @@ func decide(ctx context.Context, p plugin.Plugin, req *plugin.Request) (plugin.A
 	return p.Access(req.Method), p.Encrypt(req.Method), nil
 }
 
-// allowed lists the methods p serves, for an Allow header.
+// allowed lists the methods p serves, for an Allow header. A Decider's
+// Access names the methods it may serve.
 func (s *Server) allowed(p plugin.Plugin) []string {
 	var out []string
-	if _, ok := p.(plugin.Decider); ok {
-		return pluginMethods
-	}
 	for _, m := range pluginMethods {
 		if p.Access(m) != plugin.Denied {
 			out = append(out, m)
@@ -312,25 +314,43 @@ func (s *Server) allowed(p plugin.Plugin) []string {
 	return out
 }
 
-// singleQuery parses a query in which every key appears once, so that the
-// policy and the plugin cannot read different values of one key.
-func singleQuery(raw string) (url.Values, error) {
+// singleQuery parses a query in which every key appears once, except the
+// repeatable ones, so that the policy and the plugin cannot read different
+// values of one key.
+func singleQuery(raw string, repeatable []string) (url.Values, error) {
 	q, err := url.ParseQuery(raw)
 	if err != nil {
 		return nil, fmt.Errorf("query: %w", err)
 	}
 	for k, v := range q {
-		if len(v) != 1 {
+		if len(v) != 1 && !slices.Contains(repeatable, k) {
 			return nil, fmt.Errorf("query parameter %.40q appears %d times: give each parameter once", k, len(v))
 		}
 	}
 	return q, nil
 }
 
-func queryMap(q url.Values) map[string]string {
+// queryMap is the single-valued parameters of q, for the policy input.
+func queryMap(q url.Values, repeatable []string) map[string]string {
 	m := make(map[string]string, len(q))
 	for k, v := range q {
-		m[k] = v[0]
+		if !slices.Contains(repeatable, k) {
+			m[k] = v[0]
+		}
+	}
+	return m
+}
+
+// queryLists is the repeatable parameters of q, for the policy input.
+func queryLists(q url.Values, repeatable []string) map[string][]string {
+	var m map[string][]string
+	for k, v := range q {
+		if slices.Contains(repeatable, k) {
+			if m == nil {
+				m = map[string][]string{}
+			}
+			m[k] = v
+		}
 	}
 	return m
 }

@@ -2,13 +2,16 @@ package broker_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -161,6 +164,62 @@ func TestSessionCookieAfterAttest(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("attested session cookie: %d", resp.StatusCode)
+	}
+}
+
+// TestSessionIDKeptByHand is Trustee's curl flow: the client keeps the
+// kbs-session-id from /auth by hand and sends it, unchanged, after attest.
+// The id stays a credential until the session expires, and a second attest
+// on the attested session answers the session's token.
+func TestSessionIDKeptByHand(t *testing.T) {
+	h := newHarness(t, harnessOpts{plugins: withResourceAndEcho, policy: allowEchoGet})
+	c := h.client() // no cookie jar: c.Cookie is the id from /auth
+	ch, _, err := c.Auth("sample", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := c.Cookie
+	get := func() (*http.Response, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", h.http.URL+"/kbs/v0/echo/a", nil)
+		req.Header.Set("Cookie", broker.SessionCookie+"="+id)
+		resp, err := h.http.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	resp, body := get()
+	wantProblem(t, resp, body, 401, "TokenNotFound", "has not attested")
+	a := sampleAttestation(t, ch, teeKey(t))
+	tok, err := c.Attest(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, body = get(); resp.StatusCode != 200 || !strings.Contains(string(body), `"spiffe_id":"spiffe://example.org/tee/sample"`) {
+		t.Fatalf("session id after attest: %d %s", resp.StatusCode, body)
+	}
+	// The session keeps the claims, not the bearer token.
+	if sess, err := h.st.Sessions().Get(context.Background(), id); err != nil || !json.Valid(sess.Claims) || strings.Contains(string(sess.Claims), tok) {
+		t.Fatalf("stored session: %v %q", err, sess.Claims)
+	}
+	// A second attest on the attested session answers its token, as
+	// Trustee: the same claims (signed again, the session keeping no token).
+	again, err := c.Attest(a)
+	if err != nil || strings.Split(again, ".")[1] != strings.Split(tok, ".")[1] {
+		t.Fatalf("second attest: %v, %q, want the claims of %q", err, again, tok)
+	}
+	if resp, body := call(t, h, "GET", "/kbs/v0/echo/a", again, nil); resp.StatusCode != 200 {
+		t.Fatalf("token of the second attest: %d %s", resp.StatusCode, body)
+	}
+	// The id is a credential only while the session lives (1m here).
+	h.clock.Advance(time.Minute)
+	resp, body = get()
+	wantProblem(t, resp, body, 401, "TokenNotFound", "expired")
+	if _, err := c.Attest(a); err == nil {
+		t.Fatal("attest on an expired session answered")
 	}
 }
 

@@ -270,6 +270,9 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	now := s.now()
+	if s.reattest(w, r, c.Value, now) {
+		return
+	}
 	sess, err := s.store.Sessions().ConsumeNonce(ctx, c.Value, *req.RuntimeData.Nonce, now)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -344,12 +347,52 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	// The session keeps the token's claims, so that its id stays a
+	// credential until it expires, as in Trustee (kbs/src/http/attest.rs).
+	doc, err := json.Marshal(claims)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("encode claims: %w", err))
+		return
+	}
+	if err := s.store.Sessions().SetClaims(ctx, sess.ID, doc); err != nil {
+		s.fail(w, r, fmt.Errorf("session %s: %w", sess.ID, err))
+		return
+	}
 	s.log.Info("attested", "tee", sess.TEE, "spiffe_id", res.SPIFFEID, "peer", r.RemoteAddr, "session", sess.ID)
-	// The session cookie now carries the token itself, so that clients
-	// that replay the cookie (Trustee's) are authenticated on plugin paths
-	// without a per-attestation store write, on any replica.
-	s.setCookie(w, r, store.Session{ID: tok, ExpiresAt: claims.Expiry.Time()})
+	s.setCookie(w, r, sess)
 	writeJSON(w, http.StatusOK, map[string]string{"token": tok})
+}
+
+// reattest answers an attest on a session that already attested with the
+// session's token, as Trustee does: its claims (the same "jti" and
+// lifetime), signed again. It reports whether it answered.
+func (s *Server) reattest(w http.ResponseWriter, r *http.Request, id string, now time.Time) bool {
+	sess, err := s.store.Sessions().Get(r.Context(), id)
+	if err != nil || len(sess.Claims) == 0 {
+		// No session, or one that has not attested: ConsumeNonce says which.
+		return false
+	}
+	if !now.Before(sess.ExpiresAt) {
+		s.fail(w, r, rejectf("session expired: start again at /kbs/v0/auth"))
+		return true
+	}
+	e, err := s.sessionEntry(sess)
+	if err != nil {
+		s.fail(w, r, err)
+		return true
+	}
+	if !e.valid(now) {
+		s.fail(w, r, rejectf("this session's attestation has expired: start again at /kbs/v0/auth"))
+		return true
+	}
+	tok, err := s.opts.Tokens.Sign(json.RawMessage(sess.Claims))
+	if err != nil {
+		s.fail(w, r, err)
+		return true
+	}
+	s.setCookie(w, r, sess)
+	writeJSON(w, http.StatusOK, map[string]string{"token": tok})
+	return true
 }
 
 func selectorStrings(sel []store.Selector) []string {

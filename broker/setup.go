@@ -88,7 +88,7 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 	}
 	var ts *TokenServiceOptions
 	if c := cfg.TokenService; c.Enabled {
-		ts = &TokenServiceOptions{Realm: cfg.RealmURL(), Service: c.Service, Services: c.Services,
+		ts = &TokenServiceOptions{Realm: cfg.RealmURL(), Service: c.Service, Services: c.Services, X5CServices: c.X5CServices,
 			ExpiresIn: c.ExpiresIn.Duration, SVIDAudience: c.SVIDAudience}
 		for _, p := range plugins {
 			if sp, ok := p.(*svid.Plugin); ok {

@@ -40,6 +40,12 @@ type TokenServiceOptions struct {
 	// Services are the other services (registries) tokens may be issued
 	// for. A request for any other service is refused.
 	Services []string
+	// X5CServices are those of Services whose tokens carry an "x5c"
+	// chain to the token CA (token.Authority.SignWithChain): registries
+	// that trust the broker through auth.token.rootcertbundle
+	// (distribution v2.x, Harbor, v3 with a rootcertbundle). A registry
+	// with only a JWKS refuses chained tokens, so the others get none.
+	X5CServices []string
 	// ExpiresIn is a scoped token's lifetime (default 5m). A token never
 	// outlives the credential it was exchanged for, and ExpiresIn may not
 	// exceed the token Authority's MaxTokenTTL.
@@ -79,6 +85,7 @@ type tokenService struct {
 	realm     string
 	service   string
 	services  map[string]bool
+	x5c       map[string]bool
 	expiresIn time.Duration
 	maxScopes int
 	svids     *svidVerifier
@@ -90,7 +97,7 @@ func newTokenService(o *TokenServiceOptions, td spiffeid.TrustDomain, maxTTL tim
 		return nil, fmt.Errorf("broker: token service realm %q: want an absolute http(s) URL such as \"https://broker.example.org/token\"", o.Realm)
 	}
 	ts := &tokenService{realm: o.Realm, service: o.Service, services: map[string]bool{o.Service: true},
-		expiresIn: o.ExpiresIn, maxScopes: o.MaxScopes}
+		x5c: map[string]bool{}, expiresIn: o.ExpiresIn, maxScopes: o.MaxScopes}
 	if o.Service == "" || !quotable(o.Service) {
 		return nil, fmt.Errorf("broker: token service name %q: want a non-empty name without quotes, backslashes or control characters", o.Service)
 	}
@@ -99,6 +106,12 @@ func newTokenService(o *TokenServiceOptions, td spiffeid.TrustDomain, maxTTL tim
 			return nil, fmt.Errorf("broker: token service: service name %q: want a non-empty name without quotes, backslashes or control characters", svc)
 		}
 		ts.services[svc] = true
+	}
+	for _, svc := range o.X5CServices {
+		if svc == o.Service || !ts.services[svc] {
+			return nil, fmt.Errorf("broker: token service: x5c service %q is not one of the registry services %q", svc, o.Services)
+		}
+		ts.x5c[svc] = true
 	}
 	if ts.expiresIn <= 0 {
 		ts.expiresIn = DefaultScopedTokenTTL
@@ -134,7 +147,12 @@ func quotable(s string) bool {
 // endpoints and plugin endpoints: realm and service always, scope when
 // the request has one, and an RFC 6750 error code when there is one.
 func (ts *tokenService) challenge(scope, errCode string) string {
-	v := `Bearer realm="` + ts.realm + `",service="` + ts.service + `"`
+	return ts.challengeFor(ts.service, scope, errCode)
+}
+
+// challengeFor is challenge for a known service (validated quotable).
+func (ts *tokenService) challengeFor(service, scope, errCode string) string {
+	v := `Bearer realm="` + ts.realm + `",service="` + service + `"`
 	if scope != "" {
 		v += `,scope="` + scope + `"`
 	}
@@ -214,7 +232,9 @@ func badTokenRequest(code, format string, args ...any) *tokenError {
 }
 
 // parseTokenRequest reads the service, scopes and credential of a GET
-// (query, Authorization header) or OAuth2 POST (form) token request.
+// (query, Authorization header) or OAuth2 POST (form) token request. On a
+// refused credential it returns the request too, so that the challenge can
+// name the service requested.
 func (ts *tokenService) parseTokenRequest(w http.ResponseWriter, r *http.Request) (*tokenRequest, *tokenError) {
 	tr := &tokenRequest{}
 	var params url.Values
@@ -226,15 +246,6 @@ func (ts *tokenService) parseTokenRequest(w http.ResponseWriter, r *http.Request
 			return nil, badTokenRequest("invalid_request", "query: %v", err)
 		}
 		params, scopes = q, q["scope"]
-		if h := r.Header.Get("Authorization"); h != "" {
-			if raw, ok := bearerValue(h); ok {
-				tr.cred = raw
-			} else if user, pass, ok := basicAuth(h); ok {
-				tr.username, tr.cred = user, pass
-			} else {
-				return nil, &tokenError{status: http.StatusUnauthorized, detail: "Authorization must be Bearer <attestation token or JWT-SVID> or Basic with the token as the password", challenge: true, errCode: "invalid_request"}
-			}
-		}
 	default:
 		tr.oauth = true
 		if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); !strings.EqualFold(strings.TrimSpace(ct), "application/x-www-form-urlencoded") {
@@ -279,6 +290,15 @@ func (ts *tokenService) parseTokenRequest(w http.ResponseWriter, r *http.Request
 	}
 	if !ts.services[tr.service] {
 		return nil, badTokenRequest("invalid_request", "unknown service %.100q: this broker issues tokens for %s", tr.service, strings.Join(slices.Sorted(maps.Keys(ts.services)), ", "))
+	}
+	if h := r.Header.Get("Authorization"); !tr.oauth && h != "" {
+		if raw, ok := bearerValue(h); ok {
+			tr.cred = raw
+		} else if user, pass, ok := basicAuth(h); ok {
+			tr.username, tr.cred = user, pass
+		} else {
+			return tr, &tokenError{status: http.StatusUnauthorized, detail: "Authorization must be Bearer <attestation token or JWT-SVID> or Basic with the token as the password", challenge: true, errCode: "invalid_request"}
+		}
 	}
 	var flat []string
 	for _, v := range scopes {
@@ -355,10 +375,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	o := tokenOutcome{}
 	defer func() { s.audit.recordToken(r, &o, time.Since(start)) }()
 	ts := s.ts
+	// The challenge names the service requested, once it is known.
+	service := ts.service
 	fail := func(te *tokenError, verdict string) {
 		o.status, o.verdict = te.status, verdict
 		if te.challenge {
-			w.Header().Set("WWW-Authenticate", ts.challenge("", te.errCode))
+			w.Header().Set("WWW-Authenticate", ts.challengeFor(service, "", te.errCode))
 		}
 		if r.Method == http.MethodPost && te.oauthCode != "" {
 			writeJSON(w, te.status, map[string]string{"error": te.oauthCode, "error_description": te.detail})
@@ -374,6 +396,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, te.status, typ, te.detail)
 	}
 	tr, te := ts.parseTokenRequest(w, r)
+	if tr != nil {
+		service = tr.service
+	}
 	if te != nil {
 		verdict := VerdictInvalid
 		if te.status == http.StatusUnauthorized {
@@ -422,7 +447,11 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		c := ent.caller
 		claims.SPIFFEID, claims.Selectors, claims.Aliases, claims.TEE, claims.TCB, claims.TEEPubKey = c.SPIFFEID, c.Selectors, c.Aliases, c.TEE, c.TCB, c.TEEPubKey
 	}
-	tok, err := s.opts.Tokens.Sign(claims)
+	sign := s.opts.Tokens.Sign
+	if ts.x5c[tr.service] {
+		sign = s.opts.Tokens.SignWithChain
+	}
+	tok, err := sign(claims)
 	if err != nil {
 		o.err = err
 		fail(&tokenError{status: http.StatusInternalServerError, oauthCode: "server_error", detail: "internal error; see the server log"}, VerdictError)

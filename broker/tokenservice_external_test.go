@@ -3,10 +3,14 @@ package broker_test
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -268,7 +272,7 @@ func TestTokenServiceLifetimeAndExpiredCaller(t *testing.T) {
 	h.clock.Advance(61 * time.Second)
 	resp, body := getToken(t, h, q, "Bearer "+att)
 	wantProblem(t, resp, body, 401, "TokenVerifierError", "expired")
-	want := `Bearer realm="` + h.http.URL + `/token",service="trustgate",error="invalid_token"`
+	want := `Bearer realm="` + h.http.URL + `/token",service="` + registryService + `",error="invalid_token"`
 	if got := resp.Header.Get("WWW-Authenticate"); got != want {
 		t.Fatalf("challenge %q, want %q", got, want)
 	}
@@ -284,6 +288,17 @@ func TestTokenServiceRefusals(t *testing.T) {
 	att := attestSample(t, h, teeKey(t))
 	resp, body := getToken(t, h, url.Values{"service": {registryService}, "scope": {"repository:team/app:pull"}}, "")
 	wantProblem(t, resp, body, 401, "TokenNotFound", "no credential")
+	// The challenge names the service requested, not the broker's own.
+	if got, want := resp.Header.Get("WWW-Authenticate"), `Bearer realm="`+h.http.URL+`/token",service="`+registryService+`"`; got != want {
+		t.Fatalf("challenge %q, want %q", got, want)
+	}
+	resp, body = getToken(t, h, url.Values{"service": {registryService}}, "Digest foo")
+	wantProblem(t, resp, body, 401, "TokenVerifierError", "Authorization must be")
+	if got, want := resp.Header.Get("WWW-Authenticate"), `Bearer realm="`+h.http.URL+`/token",service="`+registryService+`",error="invalid_request"`; got != want {
+		t.Fatalf("challenge %q, want %q", got, want)
+	}
+	// Without a service, or with an unknown one, it names the broker's own.
+	resp, _ = getToken(t, h, url.Values{"scope": {"plugin:echo/a:get"}}, "")
 	if got, want := resp.Header.Get("WWW-Authenticate"), `Bearer realm="`+h.http.URL+`/token",service="trustgate"`; got != want {
 		t.Fatalf("challenge %q, want %q", got, want)
 	}
@@ -584,4 +599,50 @@ func FuzzTokenQuery(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestTokenServiceX5CServices: tokens for a service in x5c_services carry
+// a certificate chain that distribution verifies with nothing but
+// /.well-known/token-ca.pem as its rootcertbundle, and a thumbprint kid;
+// tokens for the other services carry no chain, so that a registry with
+// only the JWKS keeps accepting them.
+func TestTokenServiceX5CServices(t *testing.T) {
+	const v2 = "registry-v2.test"
+	h := newHarness(t, harnessOpts{policy: strings.ReplaceAll(tokenPolicy, `input.service == "registry.test"`, `input.service in {"registry.test", "registry-v2.test"}`),
+		tokenService: &broker.TokenServiceOptions{Service: "trustgate", Services: []string{registryService, v2}, X5CServices: []string{v2}}})
+	att := attestSample(t, h, teeKey(t))
+	resp, pemBody := call(t, h, "GET", "/.well-known/token-ca.pem", "", nil)
+	roots := x509.NewCertPool()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-pem-file" || !roots.AppendCertsFromPEM(pemBody) {
+		t.Fatalf("token-ca.pem: %d %s %q", resp.StatusCode, resp.Header.Get("Content-Type"), pemBody)
+	}
+	header := func(tok string) map[string]any {
+		t.Helper()
+		raw, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
+		var h map[string]any
+		if err := json.Unmarshal(raw, &h); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	scope := url.Values{"scope": {"repository:team/app:pull"}}
+	scope.Set("service", v2)
+	chained := decodeAnswer(t)(getTokenOK(t, h, scope, att)).Token
+	if hd := header(chained); hd["x5c"] == nil || !regexp.MustCompile(`^([A-Z2-7]{4}:){11}[A-Z2-7]{4}$`).MatchString(fmt.Sprint(hd["kid"])) {
+		t.Fatalf("token for %s: header %v, want x5c and a libtrust kid", v2, hd)
+	}
+	tok, err := dtoken.NewToken(chained, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := tok.Verify(dtoken.VerifyOptions{TrustedIssuers: []string{"https://trustgate.test"}, AcceptedAudiences: []string{v2}, Roots: roots})
+	if err != nil || !slices.Equal(accessStrings(claims), []string{"repository:team/app:pull"}) {
+		t.Fatalf("distribution with the CA bundle only: %v %v", err, claims)
+	}
+	scope.Set("service", registryService)
+	plain := decodeAnswer(t)(getTokenOK(t, h, scope, att)).Token
+	if hd := header(plain); hd["x5c"] != nil {
+		t.Fatalf("token for %s (not in x5c_services) has x5c: %v", registryService, hd)
+	}
+	verifyWithDistribution(t, h, plain, registryService)
 }

@@ -15,6 +15,7 @@ func FuzzInput(f *testing.F) {
 	f.Add([]byte(`{"claims":{"tcb-status":{"n":1e400,"x":[1,{"y":null}]}}}`))
 	f.Add([]byte(`{"path":["\u0000",""],"resource-path":"/\u0000/"}`))
 	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"query":{"audience":["A","B"],"name":"n"}}`))
 	ctx := context.Background()
 	p, err := policy.Compile(ctx, `package policy
 allow if {

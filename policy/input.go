@@ -39,7 +39,11 @@ type Input struct {
 	Plugin string            `json:"plugin"`
 	Path   []string          `json:"path"`
 	Query  map[string]string `json:"query"`
-	Claims Claims            `json:"claims"`
+	// QueryLists are the query parameters that may be repeated, with all
+	// their values: the policy sees them in "query" as arrays of strings,
+	// beside the single-valued ones of Query.
+	QueryLists map[string][]string `json:"-"`
+	Claims     Claims              `json:"claims"`
 	// Credential is what authenticated the caller: "attestation" (the
 	// attestation token), "scoped" (a scoped token from the token
 	// service) or "jwt-svid" (a JWT-SVID, token service only). Omitted
@@ -87,7 +91,10 @@ func ParseInput(data []byte) (*Input, error) {
 	dec.UseNumber()
 	var raw struct {
 		Input
-		ResourcePath *string `json:"resource-path"`
+		// Query shadows Input.Query: a value is a string, or an array of
+		// strings for a repeatable parameter.
+		Query        map[string]json.RawMessage `json:"query"`
+		ResourcePath *string                    `json:"resource-path"`
 	}
 	if err := dec.Decode(&raw); err != nil {
 		return nil, fmt.Errorf("policy input: %w", err)
@@ -96,6 +103,23 @@ func ParseInput(data []byte) (*Input, error) {
 		return nil, fmt.Errorf("policy input: trailing data after the document")
 	}
 	in := raw.Input
+	for k, v := range raw.Query {
+		var one string
+		var many []string
+		if err := json.Unmarshal(v, &one); err == nil {
+			if in.Query == nil {
+				in.Query = map[string]string{}
+			}
+			in.Query[k] = one
+		} else if err := json.Unmarshal(v, &many); err == nil && many != nil {
+			if in.QueryLists == nil {
+				in.QueryLists = map[string][]string{}
+			}
+			in.QueryLists[k] = many
+		} else {
+			return nil, fmt.Errorf("policy input: query.%s: want a string or an array of strings", k)
+		}
+	}
 	if raw.ResourcePath != nil && *raw.ResourcePath != in.ResourcePath() {
 		return nil, fmt.Errorf("policy input: resource-path %q does not match path %q", *raw.ResourcePath, in.ResourcePath())
 	}
@@ -116,6 +140,9 @@ func (in *Input) value() ast.Value {
 	q := ast.NewObject()
 	for k, v := range in.Query {
 		q.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	}
+	for k, v := range in.QueryLists {
+		q.Insert(ast.StringTerm(k), strings2(v))
 	}
 	tcb := ast.NewObject()
 	if in.Claims.TCB != nil {

@@ -200,6 +200,7 @@ func TestSampleDevPolicy(t *testing.T) {
 func TestInputRoundTrip(t *testing.T) {
 	in := input("POST", "a", "b")
 	in.Query["name"] = "n"
+	in.QueryLists = map[string][]string{"audience": {"A", "B"}}
 	doc, err := in.MarshalJSON()
 	if err != nil {
 		t.Fatal(err)
@@ -217,6 +218,25 @@ func TestInputRoundTrip(t *testing.T) {
 	}
 	if _, err := policy.ParseInput([]byte(`{"methodx":"GET"}`)); err == nil {
 		t.Fatal("unknown field accepted")
+	}
+	if _, err := policy.ParseInput([]byte(`{"query":{"a":[1]}}`)); err == nil {
+		t.Fatal("a query value that is neither a string nor strings accepted")
+	}
+	// A repeatable parameter is an array in input.query.
+	p, err := policy.Compile(context.Background(), "package policy\nallow if input.query.audience == [\"A\", \"B\"]\nallow if input.query.name == \"n\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := p.Eval(context.Background(), back); err != nil || !d.Allow {
+		t.Fatalf("audience array: %+v %v", d, err)
+	}
+	back.Query["name"] = "other"
+	if d, err := p.Eval(context.Background(), back); err != nil || !d.Allow {
+		t.Fatalf("audience array alone: %+v %v", d, err)
+	}
+	back.QueryLists["audience"] = []string{"A"}
+	if d, err := p.Eval(context.Background(), back); err != nil || d.Allow {
+		t.Fatalf("audience [A] allowed: %+v %v", d, err)
 	}
 }
 

@@ -11,8 +11,11 @@
 //   - a retired key stays published until MaxTokenTTL after its NotAfter,
 //     when the last token it signed has expired, and is then deleted.
 //
-// Sign takes any JSON claims, so the attestation token (Attestation) and,
-// later, registry-style scoped tokens share one key set and one JWKS.
+// Sign takes any JSON claims, so the attestation token (Attestation) and
+// registry-style scoped tokens share one key set and one JWKS. Key IDs are
+// libtrust fingerprints (KeyID), and a long-lived token CA (kind KindCA)
+// certifies every key, so that SignWithChain's tokens carry an x5c chain
+// that registries trusting RootCertificates accept across rotations.
 package token
 
 import (
@@ -21,7 +24,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/hex"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,6 +62,9 @@ type Options struct {
 	// MaxTokenTTL is the longest lifetime of any token signed, so the
 	// longest a retired key must stay published. Default 1h.
 	MaxTokenTTL time.Duration
+	// CALifetime is the token CA's lifetime (default ten years). Its
+	// successor is published when a fifth of it is left.
+	CALifetime time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// Log receives rotation events; default discards.
@@ -70,7 +76,9 @@ type signingKey struct {
 	id                  string
 	notBefore, notAfter time.Time
 	signer              jose.Signer
-	public              jose.JSONWebKey
+	// chained signs with the x5c header: the key's certificate.
+	chained jose.Signer
+	public  jose.JSONWebKey
 }
 
 // Authority signs tokens with the current key and publishes every key that a
@@ -83,6 +91,8 @@ type Authority struct {
 	keys     []signingKey // by NotBefore, oldest first
 	jwks     []byte
 	pub      map[string]jose.JSONWebKey
+	roots    []byte                       // live CA certificates, PEM
+	leaves   map[string]*x509.Certificate // by key ID; used under rotateMu
 }
 
 // Open loads the signing keys from the store, creating the first one or a
@@ -103,13 +113,19 @@ func Open(ctx context.Context, opts Options) (*Authority, error) {
 	if opts.MaxTokenTTL <= 0 {
 		opts.MaxTokenTTL = time.Hour
 	}
+	if opts.CALifetime <= 0 {
+		opts.CALifetime = 10 * 365 * 24 * time.Hour
+	}
+	if opts.CALifetime/5 <= opts.KeyLifetime+opts.MaxTokenTTL {
+		return nil, fmt.Errorf("token: CA lifetime %v must exceed five times the key lifetime plus the longest token lifetime", opts.CALifetime)
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	a := &Authority{opts: opts}
+	a := &Authority{opts: opts, leaves: map[string]*x509.Certificate{}}
 	if err := a.Rotate(ctx); err != nil {
 		return nil, err
 	}
@@ -135,6 +151,10 @@ func (a *Authority) Rotate(ctx context.Context) error {
 	a.rotateMu.Lock()
 	defer a.rotateMu.Unlock()
 	now := a.opts.Now()
+	cas, err := a.ensureCA(ctx, now)
+	if err != nil {
+		return err
+	}
 	stored, err := a.opts.Keys.List(ctx, KindSigning)
 	if err != nil {
 		return fmt.Errorf("token: load keys: %w", err)
@@ -180,7 +200,7 @@ func (a *Authority) Rotate(ctx context.Context) error {
 			live = append(live, k)
 		}
 	}
-	return a.load(live)
+	return a.load(cas, live)
 }
 
 func (a *Authority) create(ctx context.Context, now, notBefore time.Time) (store.Key, error) {
@@ -188,11 +208,12 @@ func (a *Authority) create(ctx context.Context, now, notBefore time.Time) (store
 	if err != nil {
 		return store.Key{}, fmt.Errorf("token: generate key: %w", err)
 	}
-	var idb [12]byte
-	if _, err := rand.Read(idb[:]); err != nil {
-		return store.Key{}, fmt.Errorf("token: key id: %w", err)
+	// The key ID is the key's libtrust fingerprint, so that distribution
+	// v2.x also finds the key by "kid" among its rootcertbundle's keys.
+	id, err := KeyID(&priv.PublicKey)
+	if err != nil {
+		return store.Key{}, err
 	}
-	id := hex.EncodeToString(idb[:])
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
 		return store.Key{}, fmt.Errorf("token: encode key: %w", err)
@@ -216,8 +237,13 @@ func (a *Authority) create(ctx context.Context, now, notBefore time.Time) (store
 
 func aad(id string) []byte { return []byte(KindSigning + "/" + id) }
 
-// load replaces the in-memory key set.
-func (a *Authority) load(stored []store.Key) error {
+// load replaces the in-memory key set and certifies each key.
+func (a *Authority) load(storedCAs, stored []store.Key) error {
+	cas, err := a.loadCAs(storedCAs)
+	if err != nil {
+		return err
+	}
+	leaves := make(map[string]*x509.Certificate, len(stored))
 	keys := make([]signingKey, 0, len(stored))
 	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{}}
 	pub := make(map[string]jose.JSONWebKey, len(stored))
@@ -239,8 +265,18 @@ func (a *Authority) load(stored []store.Key) error {
 		if err != nil {
 			return fmt.Errorf("token: key %s: %w", k.ID, err)
 		}
+		cert, err := a.leafCert(cas, k, &ec.PublicKey)
+		if err != nil {
+			return err
+		}
+		leaves[k.ID] = cert
+		chained, err := jose.NewSigner(jose.SigningKey{Algorithm: Algorithm, Key: jose.JSONWebKey{Key: ec, KeyID: k.ID}},
+			(&jose.SignerOptions{}).WithType("JWT").WithHeader("x5c", []string{base64.StdEncoding.EncodeToString(cert.Raw)}))
+		if err != nil {
+			return fmt.Errorf("token: key %s: %w", k.ID, err)
+		}
 		jwk := jose.JSONWebKey{Key: &ec.PublicKey, KeyID: k.ID, Algorithm: string(Algorithm), Use: "sig"}
-		keys = append(keys, signingKey{id: k.ID, notBefore: k.NotBefore, notAfter: k.NotAfter, signer: signer, public: jwk})
+		keys = append(keys, signingKey{id: k.ID, notBefore: k.NotBefore, notAfter: k.NotAfter, signer: signer, chained: chained, public: jwk})
 		set.Keys = append(set.Keys, jwk)
 		pub[k.ID] = jwk
 	}
@@ -248,8 +284,9 @@ func (a *Authority) load(stored []store.Key) error {
 	if err != nil {
 		return fmt.Errorf("token: encode JWKS: %w", err)
 	}
+	a.leaves = leaves
 	a.mu.Lock()
-	a.keys, a.jwks, a.pub = keys, doc, pub
+	a.keys, a.jwks, a.pub, a.roots = keys, doc, pub, encodeRoots(cas)
 	a.mu.Unlock()
 	return nil
 }
@@ -259,8 +296,21 @@ func (a *Authority) load(stored []store.Key) error {
 var ErrNoSigningKey = errors.New("token: no signing key is current (is key rotation running?)")
 
 // Sign returns a compact JWS over claims (any value that marshals to a JSON
-// object) signed with the current key.
+// object) signed with the current key, whose header names the key by "kid".
 func (a *Authority) Sign(claims any) (string, error) {
+	return a.sign(claims, false)
+}
+
+// SignWithChain is Sign with an "x5c" header too: the signing key's
+// certificate, issued by a CA of RootCertificates. Distribution v2.x and
+// Harbor trust such a token through auth.token.rootcertbundle, across key
+// rotations. A registry that has only a JWKS (distribution v3 without
+// rootcertbundle) refuses it: it checks x5c first, against no roots.
+func (a *Authority) SignWithChain(claims any) (string, error) {
+	return a.sign(claims, true)
+}
+
+func (a *Authority) sign(claims any, chain bool) (string, error) {
 	payload, err := json.Marshal(claims)
 	if err != nil {
 		return "", fmt.Errorf("token: encode claims: %w", err)
@@ -271,6 +321,9 @@ func (a *Authority) Sign(claims any) (string, error) {
 	for i := len(a.keys) - 1; i >= 0; i-- {
 		if k := a.keys[i]; !now.Before(k.notBefore) && now.Before(k.notAfter) {
 			signer = k.signer
+			if chain {
+				signer = k.chained
+			}
 			break
 		}
 	}

@@ -115,6 +115,16 @@ type Runner interface {
 	Run(ctx context.Context)
 }
 
+// RepeatedQuery is an optional interface for a plugin that takes some
+// query parameters more than once, such as the svid plugin's
+// audience=A&audience=B. The broker refuses any other parameter given more
+// than once, so that the policy and the plugin cannot read different
+// values of one key; the policy sees each parameter RepeatedQuery names as
+// an array of all its values.
+type RepeatedQuery interface {
+	RepeatedQuery() []string
+}
+
 // Decider is an optional interface for a plugin whose access and encryption
 // depend on more than the method, as Trustee's ValidateAuth and
 // NeedsEncryption see the whole request. When a plugin implements it, the

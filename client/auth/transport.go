@@ -233,11 +233,16 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Header.Set("Authorization", hdr)
 	}
 	resp, err := t.base.RoundTrip(out)
-	// Answer the first challenge, and then at most one insufficient_scope.
+	// Answer the first challenge, and then at most one insufficient_scope:
+	// once a refusal with insufficient_scope has been answered, the next
+	// answer is final.
+	refused := false
 	for round := 0; err == nil && resp.StatusCode == http.StatusUnauthorized && round < 2; round++ {
-		if round == 1 && !insufficientScope(resp) {
+		scope := insufficientScope(resp)
+		if round == 1 && (refused || !scope) {
 			break
 		}
+		refused = scope
 		var retried bool
 		resp, att, retried, err = t.answer(req, resp, origin, rs, att)
 		if !retried {

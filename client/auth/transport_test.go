@@ -482,3 +482,85 @@ func TestUnderGoContainerRegistry(t *testing.T) {
 		t.Fatalf("out-of-scope: %v", wire.Problems())
 	}
 }
+
+// pushRefusingServer is a registry that grants only pull on repository b:
+// its token endpoint drops push from every grant, and the registry answers
+// a push without push access with insufficient_scope, as distribution does.
+type pushRefusingServer struct {
+	mu         sync.Mutex
+	posts      int
+	tokenFetch int
+}
+
+func (s *pushRefusingServer) handler(realm func() string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if r.URL.Path == "/token" {
+			s.tokenFetch++
+			granted := "repository:b:pull"
+			fmt.Fprintf(w, `{"token":%q}`, base64.RawURLEncoding.EncodeToString([]byte(granted)))
+			return
+		}
+		need := "repository:b:pull"
+		if r.Method == http.MethodPost {
+			s.posts++
+			need = "repository:b:pull,push"
+		}
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service="s",scope=%q`, realm(), need))
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if granted, _ := base64.RawURLEncoding.DecodeString(tok); string(granted) != need && need != "repository:b:pull" {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service="s",scope=%q,error="insufficient_scope"`, realm(), need))
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	})
+}
+
+// TestRefusedPushReauthenticatesOnce: a push the token service will not
+// grant costs, after its first refusal with insufficient_scope, one more
+// token fetch and one more POST, whether the transport guessed the push
+// token up front (after a pull taught it the realm) or met a challenge.
+func TestRefusedPushReauthenticatesOnce(t *testing.T) {
+	for _, warm := range []bool{true, false} {
+		s := &pushRefusingServer{}
+		var srv *httptest.Server
+		srv = httptest.NewServer(s.handler(func() string { return srv.URL + "/token" }))
+		tr := auth.New()
+		do := func(method, path string) int {
+			req, _ := http.NewRequest(method, srv.URL+path, nil)
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		if warm {
+			if st := do(http.MethodGet, "/v2/b/manifests/v1"); st != http.StatusOK {
+				t.Fatalf("pull: %d", st)
+			}
+		}
+		s.mu.Lock()
+		s.tokenFetch = 0
+		s.mu.Unlock()
+		if st := do(http.MethodPost, "/v2/b/blobs/uploads/"); st != http.StatusUnauthorized {
+			t.Fatalf("warm=%v: refused push answered %d", warm, st)
+		}
+		srv.Close()
+		// Warm: the guessed token is refused, one re-authentication.
+		// Cold: the challenge, its token refused, one re-authentication.
+		wantPosts := 2
+		if !warm {
+			wantPosts = 3
+		}
+		if s.tokenFetch != 2 || s.posts != wantPosts {
+			t.Errorf("warm=%v: refused push cost %d token fetches and %d POSTs, want 2 and %d", warm, s.tokenFetch, s.posts, wantPosts)
+		}
+	}
+}

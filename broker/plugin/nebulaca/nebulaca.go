@@ -105,8 +105,19 @@ func (p *Plugin) Access(method string) plugin.Access {
 
 // Encrypt implements plugin.Plugin: a GET answer may carry a private key,
 // so it is encrypted to the caller's TEE key; a POST answer holds only
-// certificates.
+// certificates. Decide refines it per path.
 func (p *Plugin) Encrypt(method string) bool { return method == http.MethodGet }
+
+// Decide implements plugin.Decider: Access, and Encrypt except for GET ca,
+// whose answer holds only the CA certificates, public material that nodes
+// poll, so it is not encrypted.
+func (p *Plugin) Decide(_ context.Context, req *plugin.Request) (plugin.Access, bool, error) {
+	enc := p.Encrypt(req.Method)
+	if len(req.Path) == 1 && req.Path[0] == "ca" {
+		enc = false
+	}
+	return p.Access(req.Method), enc, nil
+}
 
 // Handle implements plugin.Plugin.
 func (p *Plugin) Handle(ctx context.Context, req *plugin.Request) (*plugin.Response, error) {

@@ -107,6 +107,10 @@ func (p *Plugin) Access(method string) plugin.Access {
 	return plugin.Denied
 }
 
+// RepeatedQuery implements plugin.RepeatedQuery: a JWT-SVID request names
+// one audience per "audience" parameter (?audience=A&audience=B).
+func (p *Plugin) RepeatedQuery() []string { return []string{"audience"} }
+
 // Encrypt implements plugin.Plugin. POST answers are encrypted: a JWT-SVID
 // is a bearer credential, and the contract decides per method, so X.509
 // answers (public certificates) are encrypted too. The bundle (GET) is
@@ -134,9 +138,16 @@ func (p *Plugin) Handle(ctx context.Context, req *plugin.Request) (*plugin.Respo
 
 // Bundle returns the trust bundle in SPIFFE bundle format (a JWK set with
 // the X.509 roots as "x509-svid" keys and the JWT keys as "jwt-svid" keys,
-// a refresh hint and a sequence number). It is public material; the lead
-// may also serve it unauthenticated, e.g. as a SPIFFE federation endpoint.
+// a refresh hint and a sequence number). It is public material.
 func (p *Plugin) Bundle() []byte { return p.state.Load().bundle }
+
+// ServeBundle serves Bundle without authentication, as a SPIFFE federation
+// bundle endpoint (https_web profile) does; the broker mounts it at
+// GET /.well-known/spiffe-bundle.json.
+func (p *Plugin) ServeBundle(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(p.Bundle())
+}
 
 // load returns the current state, rotating first when nothing in it can
 // sign at now (rotation stalled, or another replica rotated first).

@@ -31,6 +31,7 @@ import (
 	"github.com/trustgate/trustgate/broker/rcartest"
 	"github.com/trustgate/trustgate/client/auth"
 	"github.com/trustgate/trustgate/client/auth/internal/registrytest"
+	"github.com/trustgate/trustgate/internal/dockerregistry"
 	"github.com/trustgate/trustgate/policy"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/store/sqlite"
@@ -41,7 +42,10 @@ const (
 	issuer      = "https://trustgate.test"
 	brokerSvc   = "trustgate"
 	registrySvc = "registry.test"
-	callerID    = "spiffe://example.org/tee/sample"
+	// registryV2Svc is the Debian docker-registry's (distribution 2.8),
+	// which trusts the broker through rootcertbundle.
+	registryV2Svc = "registry-v2.test"
+	callerID      = "spiffe://example.org/tee/sample"
 )
 
 // brokerPolicy: sample-TEE callers may pull team/ repositories and push
@@ -57,14 +61,14 @@ allow if {
 }
 
 grant contains "pull" if {
-	input.service == "registry.test"
+	input.service in {"registry.test", "registry-v2.test"}
 	input.scope.type == "repository"
 	startswith(input.scope.name, "team/")
 	input.claims.tee == "sample"
 }
 
 grant contains "push" if {
-	input.service == "registry.test"
+	input.service in {"registry.test", "registry-v2.test"}
 	input.scope.name == "team/rw"
 	input.credential == "attestation"
 }
@@ -135,7 +139,7 @@ func startBroker(t testing.TB) *brokerEnv {
 	base := "http://" + hs.Listener.Addr().String()
 	srv, err := broker.New(broker.Options{Store: st, TrustDomain: td, Issuer: issuer, Attestors: []attest.Attestor{smp},
 		Tokens: tokens, Admin: admin, Plugins: []plugin.Plugin{hello{}},
-		TokenService: &broker.TokenServiceOptions{Realm: base + "/token", Service: brokerSvc, Services: []string{registrySvc}}})
+		TokenService: &broker.TokenServiceOptions{Realm: base + "/token", Service: brokerSvc, Services: []string{registrySvc, registryV2Svc}, X5CServices: []string{registryV2Svc}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,6 +246,56 @@ func TestBrokerTokensThroughDistribution(t *testing.T) {
 		if !strings.Contains(p, " lacks repository:team/app:push") && !strings.Contains(p, "token with access [] lacks repository:other/x:pull") {
 			t.Errorf("token out of scope: %s", p)
 		}
+	}
+}
+
+// TestBrokerTokensThroughDistributionV28: as above, through Debian's
+// docker-registry (distribution 2.8) run as a process, whose only trust in
+// the broker is auth.token.rootcertbundle: the PEM the broker serves at
+// /.well-known/token-ca.pem.
+func TestBrokerTokensThroughDistributionV28(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b := startBroker(t)
+	resp, err := http.Get(b.url + "/.well-known/token-ca.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("token-ca.pem: %d %v", resp.StatusCode, err)
+	}
+	reg := dockerregistry.Start(t, dockerregistry.Config{Realm: b.url + "/token", Service: registryV2Svc, Issuer: issuer, RootCertBundle: bundle})
+	tr := auth.New(auth.WithCredentials(auth.StaticCredential(reg.Host, auth.Credential{Username: callerID, Password: b.att})))
+	repo := func(name string) *remote.Repository {
+		r, err := remote.NewRepository(reg.Host + "/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.PlainHTTP = true
+		r.Client = &http.Client{Transport: tr}
+		return r
+	}
+	im, err := registrytest.NewImage("broker-v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := repo("team/rw")
+	if err := im.Push(ctx, rw, "v1"); err != nil {
+		t.Fatalf("push to team/rw (push granted): %v", err)
+	}
+	desc, rc, err := rw.FetchReference(ctx, "v1")
+	if err != nil {
+		t.Fatalf("pull: %v", err)
+	}
+	got, err := content.ReadAll(rc, desc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, im.Manifest) {
+		t.Fatalf("manifest round trip: err=%v equal=%v", err, bytes.Equal(got, im.Manifest))
+	}
+	if _, err := oras.Copy(ctx, rw, "v1", repo("team/app"), "v1", oras.DefaultCopyOptions); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("copy to team/app (pull only): %v, want a 401", err)
 	}
 }
 
