@@ -69,7 +69,6 @@ func (s *suite) startPod(name string) (*pod, error) {
 	}
 	cfg := &cri.PodSandboxConfig{
 		Metadata:     &cri.PodSandboxMetadata{Name: name, Namespace: podNamespace, Uid: name + "-uid"},
-		Hostname:     "e2e",
 		LogDirectory: logDir,
 		Linux: &cri.LinuxPodSandboxConfig{
 			CgroupParent: "/trustgate-e2e",

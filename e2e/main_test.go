@@ -260,16 +260,23 @@ func (s *suite) importImage() error {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("ctr images import: %v\n%s", err, b)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := s.img.ImageStatus(ctx, &cri.ImageStatusRequest{Image: &cri.ImageSpec{Image: imageRef}})
-	if err != nil {
-		return fmt.Errorf("CRI ImageStatus: %w", err)
+	// CRI learns of imported images through events: wait for it.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := s.img.ImageStatus(ctx, &cri.ImageStatusRequest{Image: &cri.ImageSpec{Image: imageRef}})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("CRI ImageStatus: %w", err)
+		}
+		if st.GetImage() != nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("CRI does not see the imported image " + imageRef)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	if st.GetImage() == nil {
-		return errors.New("CRI does not see the imported image " + imageRef)
-	}
-	return nil
 }
 
 // teardown removes every pod, stops containerd and removes the suite's
