@@ -233,6 +233,15 @@ func (g *gateway) waitRecord(t testing.TB, what string, timeout time.Duration, p
 	}
 }
 
+// digestIf is digest with a heading, or nothing for a nil gateway (a
+// case without one).
+func (g *gateway) digestIf() string {
+	if g == nil {
+		return ""
+	}
+	return "\ngateway warnings and audit records:\n" + g.digest()
+}
+
 // digest lists the records worth reading when a test fails: audit
 // records, warnings and errors, and a final line if the gateway exited.
 func (g *gateway) digest() string {
