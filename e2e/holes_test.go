@@ -314,3 +314,44 @@ annotations = ["*"]
 		})
 	}
 }
+
+// TestOKStatusUpdateIsChecked: a plugin answers CreateContainer with a
+// ttrpc status of code 0 and message "ok", carrying a 96 MiB memory limit
+// for a container of another pod, which its role may not touch. ttrpc
+// reads the answer as a success, so the gateway must check its updates
+// whatever the status says: the other container's limit stays as it was,
+// and the refusal is audited (issue 11, item 6). The control sends the
+// same update in an ordinary answer, without a status.
+func TestOKStatusUpdateIsChecked(t *testing.T) {
+	s := need(t)
+	pub, key := s.newKey(t)
+	g := s.startGateway(t, "", envRole(pub, "updater"))
+	for _, okStatus := range []bool{false, true} {
+		name := map[bool]string{false: "control-no-status", true: "status-code-0-message-ok"}[okStatus]
+		t.Run(name, func(t *testing.T) {
+			victimPod := s.runPod(t, s.podName(t))
+			victim := s.runContainer(t, victimPod, "victim")
+			before := memoryLimit(t, s.pid(t, victim))
+			p := s.runPod(t, s.podName(t))
+			spec := pluginspec.Spec{Pod: p.name}
+			u := &pluginspec.Update{Container: victim, MemoryLimit: 96 << 20}
+			if okStatus {
+				spec.OKStatusUpdate = u
+			} else {
+				spec.CreateUpdate = u
+			}
+			pl := s.startPlugin(t, pluginOpts{Name: "updater", Idx: "50", KeyFile: key, Socket: g.socket, Spec: spec})
+			id, err := s.createContainer(p, "app")
+			t.Logf("creation: id %q, err %v", id, err)
+			pl.waitEvent(t, "the CreateContainer call", 5*time.Second, 0, func(e pluginspec.Event) bool { return e.Event == "create" })
+			time.Sleep(500 * time.Millisecond) // an accepted update is applied right after the creation
+			if after := memoryLimit(t, s.pid(t, victim)); after != before {
+				t.Errorf("the other pod's container %s: memory limit %s before, %s after; the plugin's update (96 MiB = 100663296) went through unchecked%s",
+					victim, before, after, g.digestIf())
+			}
+			g.waitRecord(t, "a deny audit record (audit=nri, verdict=deny) for the update of container "+victim, 5*time.Second, func(r record) bool {
+				return r.isAudit("deny") && r.str("container") == victim
+			})
+		})
+	}
+}

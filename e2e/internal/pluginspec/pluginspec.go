@@ -25,6 +25,20 @@ type Spec struct {
 	// UpdateMemoryLimit, if non-zero, makes the plugin send an unsolicited
 	// UpdateContainers with this memory limit for each started container.
 	UpdateMemoryLimit int64 `json:"update_memory_limit,omitempty"`
+	// CreateUpdate, if set, is returned as an update of another container
+	// in the ordinary answer to CreateContainer.
+	CreateUpdate *Update `json:"create_update,omitempty"`
+	// OKStatusUpdate, if set, makes the plugin speak ttrpc itself and
+	// answer CreateContainer with a status of code 0 (OK) and a message,
+	// carrying this update of another container: ttrpc reads such an
+	// answer as a success.
+	OKStatusUpdate *Update `json:"ok_status_update,omitempty"`
+}
+
+// Update is a memory limit for one container.
+type Update struct {
+	Container   string `json:"container"`
+	MemoryLimit int64  `json:"memory_limit"`
 }
 
 // Mount is an OCI mount as NRI carries it.

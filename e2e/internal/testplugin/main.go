@@ -87,6 +87,10 @@ func connectOnce(ctx context.Context, socket string, key *pluginauth.PrivateKey,
 		if err != nil {
 			return err
 		}
+		if spec.OKStatusUpdate != nil {
+			defer conn.Close()
+			return runRaw(ctx, conn, name, idx, spec)
+		}
 		opts = append(opts, stub.WithConnection(conn))
 	} else {
 		opts = append(opts, stub.WithSocketPath(socket))
@@ -160,7 +164,13 @@ func (p *plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 		}
 		a.SetLinuxSeccompPolicy(sp)
 	}
-	return a, nil, nil
+	var updates []*api.ContainerUpdate
+	if cu := p.spec.CreateUpdate; cu != nil {
+		u := &api.ContainerUpdate{ContainerId: cu.Container}
+		u.SetLinuxMemoryLimit(cu.MemoryLimit)
+		updates = append(updates, u)
+	}
+	return a, updates, nil
 }
 
 // PostStartContainer sends the spec's unsolicited update, if any.
