@@ -36,6 +36,8 @@ type suite struct {
 	img       cri.ImageServiceClient
 	conn      *grpc.ClientConn
 	podSeq    int
+	// gateways maps a running gateway's plugin socket to it.
+	gateways map[string]*gateway
 }
 
 var (
@@ -115,7 +117,7 @@ func setup() (*suite, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &suite{dir: dir, ctrdDir: filepath.Join(dir, "ctrd")}
+	s := &suite{dir: dir, ctrdDir: filepath.Join(dir, "ctrd"), gateways: map[string]*gateway{}}
 	s.trustgate = filepath.Join(dir, "trustgate")
 	s.plugin = filepath.Join(dir, "testplugin")
 	for out, pkg := range map[string]string{

@@ -110,14 +110,19 @@ require_authentication = true
 	}
 	g.start(t)
 	t.Cleanup(g.stop)
+	s.gateways[g.socket] = g
 	return g
 }
 
 // start runs the gateway and waits until it accepts plugins, which it does
-// once containerd has synchronized it.
+// once containerd has synchronized it, and containerd has added it to its
+// plugins.
 func (g *gateway) start(t testing.TB) {
 	t.Helper()
-	cmd := exec.Command(g.s.trustgate, "--log-format", "json", "nri-gateway", "--config", g.cfgPath)
+	upstream := pluginOpts{Idx: "10", Name: "trustgate-gateway", Socket: g.s.nriSock}
+	before := g.s.readyCount(upstream)
+	// Debug level: NRI logs "plugin ... connected and synchronized" there.
+	cmd := exec.Command(g.s.trustgate, "--log-format", "json", "--log-level", "debug", "nri-gateway", "--config", g.cfgPath)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -142,6 +147,7 @@ func (g *gateway) start(t testing.TB) {
 		close(done)
 	}()
 	g.waitRecord(t, "the gateway to accept plugins", 20*time.Second, func(r record) bool { return r.str("msg") == "accepting plugins" })
+	g.s.waitReady(t, upstream, before)
 }
 
 func (g *gateway) readLog(r io.Reader) {
@@ -291,13 +297,40 @@ type plugin struct {
 	events []pluginspec.Event
 }
 
-// startPlugin runs the test plugin and waits until the runtime (or the
-// gateway) has synchronized it. The test's cleanup stops it.
+// startPlugin runs the test plugin and waits until the runtime it
+// connects to (containerd or the gateway) has synchronized it and added it
+// to its plugins, which the runtime logs.
 func (s *suite) startPlugin(t testing.TB, o pluginOpts) *plugin {
 	t.Helper()
+	before := s.readyCount(o)
 	p := s.launchPlugin(t, o)
 	p.waitEvent(t, "synchronization", 20*time.Second, 0, func(e pluginspec.Event) bool { return e.Event == "synchronized" })
+	s.waitReady(t, o, before)
 	return p
+}
+
+// readyCount counts the runtime's log lines saying that the plugin o
+// connected and was synchronized: NRI's adaptation logs one each time.
+func (s *suite) readyCount(o pluginOpts) int {
+	name := o.Idx + "-" + o.Name
+	if g := s.gateways[o.Socket]; g != nil {
+		msg := fmt.Sprintf("plugin %q connected and synchronized", name)
+		return len(g.find(func(r record) bool { return r.str("msg") == msg }))
+	}
+	b, _ := os.ReadFile(s.ctrdLog)
+	return strings.Count(string(b), `plugin \"`+name+`\" connected and synchronized`)
+}
+
+// waitReady waits until readyCount exceeds before.
+func (s *suite) waitReady(t testing.TB, o pluginOpts, before int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for s.readyCount(o) <= before {
+		if time.Now().After(deadline) {
+			t.Fatalf("plugin %s-%s: the runtime at %s did not log it as connected and synchronized within 20s", o.Idx, o.Name, o.Socket)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // launchPlugin runs the test plugin without waiting for it.

@@ -41,11 +41,13 @@ func TestGatewayRestart(t *testing.T) {
 	pid := s.pid(t, first)
 
 	marks := []int{injector.mark(), sneaky.mark()}
+	ready := []int{s.readyCount(injector.o), s.readyCount(sneaky.o)}
 	g.kill()
 	t.Log("gateway killed")
 	g.start(t)
 	for i, p := range []*plugin{injector, sneaky} {
 		p.waitEvent(t, "resynchronization after the gateway's restart", 20*time.Second, marks[i], func(e pluginspec.Event) bool { return e.Event == "synchronized" })
+		s.waitReady(t, p.o, ready[i])
 	}
 	policed("after")
 	if n := len(g.find(func(r record) bool {

@@ -113,7 +113,7 @@ func answer(req *ttrpc.Request, spec *pluginspec.Spec) (proto.Message, *status.S
 	case "Configure":
 		return &api.ConfigureResponse{Events: int32(api.MustParseEventMask("CreateContainer"))}, nil, nil
 	case "Synchronize":
-		time.AfterFunc(100*time.Millisecond, func() { emit(pluginspec.Event{Event: "synchronized"}) })
+		emit(pluginspec.Event{Event: "synchronized"})
 		return &api.SynchronizeResponse{}, nil, nil
 	case "CreateContainer":
 		var cr api.CreateContainerRequest
