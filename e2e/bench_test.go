@@ -26,6 +26,8 @@ func BenchmarkCreateOnRealRuntime(b *testing.B) {
 	setups := []string{"none", "gateway", "direct"}
 	total := map[string][]time.Duration{}
 	create := map[string][]time.Duration{}
+	podStep := map[string][]time.Duration{}
+	startStep := map[string][]time.Duration{}
 	seq := 0
 	for i := 0; b.Loop(); i++ {
 		for j := range setups {
@@ -62,8 +64,11 @@ func BenchmarkCreateOnRealRuntime(b *testing.B) {
 				if k == 0 {
 					continue // warm-up: the first creation after a setup change is not measured
 				}
-				total[setup] = append(total[setup], time.Since(t0))
+				t3 := time.Now()
+				total[setup] = append(total[setup], t3.Sub(t0))
 				create[setup] = append(create[setup], t2.Sub(t1))
+				podStep[setup] = append(podStep[setup], t1.Sub(t0))
+				startStep[setup] = append(startStep[setup], t3.Sub(t2))
 			}
 			for _, f := range stop {
 				f()
@@ -84,7 +89,11 @@ func BenchmarkCreateOnRealRuntime(b *testing.B) {
 	b.ReportMetric(float64(med["gateway"][1])/float64(med["none"][1]), "gw/none-create")
 	b.ReportMetric(float64(med["gateway"][0])/float64(med["direct"][0]), "gw/direct-total")
 	b.ReportMetric(float64(med["gateway"][1])/float64(med["direct"][1]), "gw/direct-create")
-	b.Logf("%d creations per setup; medians: %v", len(total["none"]), med)
+	for _, setup := range setups {
+		b.Logf("%-7s %d creations, medians: total %v = pod %v + create %v + start %v", setup, len(total[setup]),
+			med[setup][0].Round(time.Millisecond), median(podStep[setup]).Round(time.Millisecond),
+			med[setup][1].Round(time.Millisecond), median(startStep[setup]).Round(time.Millisecond))
+	}
 }
 
 func median(ds []time.Duration) time.Duration {
