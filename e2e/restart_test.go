@@ -30,7 +30,8 @@ func TestGatewayRestart(t *testing.T) {
 		t.Helper()
 		id := s.runContainer(t, good, "app-"+phase)
 		if v := environ(t, s.pid(t, id))["TG_RESTART"]; v != "1" {
-			t.Errorf("%s: allowed TG_RESTART=%s in the new container, want \"1\"%s", phase, short(v), g.digestIf())
+			t.Errorf("%s: allowed TG_RESTART=%s in the new container %s, want \"1\"; the injector's events: %+v%s",
+				phase, short(v), id, injector.eventsSince(0), g.digestIf())
 		}
 		if bid, err := s.createContainer(bad, "app-"+phase); err == nil {
 			t.Errorf("%s: the runtime created container %s with a forbidden NOT_ALLOWED adjustment; want a refusal%s", phase, bid, g.digestIf())
