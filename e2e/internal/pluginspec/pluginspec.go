@@ -59,7 +59,7 @@ type Device struct {
 
 // Event is one line the plugin prints on stdout.
 type Event struct {
-	// Event is "registered", "synchronized", "create", "update" or "closed".
+	// Event is "synchronized", "create", "update" or "closed".
 	Event string `json:"event"`
 	// Container is the container ID, for "create" and "update".
 	Container string `json:"container,omitempty"`
