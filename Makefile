@@ -6,7 +6,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1s
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: build test race bench fuzz lint tools
+.PHONY: build test race bench fuzz lint tools e2e
 
 build:
 	$(GO) build -o $(BIN) ./cmd/trustgate
@@ -16,6 +16,15 @@ test:
 
 race:
 	$(GO) test -race ./...
+
+# The end-to-end suite on a real containerd, runc and the real gateway
+# binary, then its benchmark (pod+container creation, interleaved: no
+# plugin, a plugin through the gateway, the plugin direct). Needs root and
+# what scripts/e2e-deps.sh installs.
+E2E_TIMEOUT   ?= 10m
+E2E_BENCHTIME ?= 3x
+e2e:
+	$(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) -run . -bench . -benchtime $(E2E_BENCHTIME) ./e2e/...
 
 # Benchmarks; compare runs with benchstat (make bench > new.txt).
 bench:
@@ -29,7 +38,9 @@ lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/...
 	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags e2e ./e2e/...
 
 tools:
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
