@@ -175,7 +175,7 @@ keys = [%[2]q]
 names = ["tmpfser"]
 indices = ["*"]
 [roles.policy.mounts]
-sources = ["tmpfs"]
+types = ["tmpfs"]
 destinations = ["/mnt/allowed/*"]
 `, pathPub, tmpfsPub, allowed))
 	up := strings.Repeat("../", 8) + ".."
