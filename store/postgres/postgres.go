@@ -122,6 +122,19 @@ func affectedOne(op string, tag pgconn.CommandTag, err error) error {
 	return nil
 }
 
+// Statements that the hot paths run by key; plan_test.go checks that each
+// is answered through an index.
+const (
+	sessionByID           = `SELECT ` + sessionCols + ` FROM sessions WHERE id = $1`
+	setClaims             = `UPDATE sessions SET claims = $1 WHERE id = $2 AND nonce_used`
+	deleteExpiredSessions = `DELETE FROM sessions WHERE expires_at <= $1`
+	consumeJoinToken      = `DELETE FROM join_tokens WHERE id = $1 RETURNING id, spiffe_id, expires_at, created_at`
+	deleteEntry           = `DELETE FROM entries WHERE id = $1`
+	resourceByPath        = `SELECT path, sealed, updated_at FROM resources WHERE path = $1`
+	keysByKind            = `SELECT kind, id, sealed, public, not_before, not_after, created_at FROM keys WHERE kind = $1 ORDER BY not_before, id`
+	policyByName          = `SELECT name, text, revision, updated_at FROM policies WHERE name = $1`
+)
+
 type sessions struct{ db *DB }
 
 const sessionCols = `id, tee, nonce, extra_params, created_at, expires_at, nonce_used, claims`
@@ -143,7 +156,7 @@ func scanSession(row pgx.Row, extra ...any) (store.Session, error) {
 }
 
 func (s sessions) Get(ctx context.Context, id string) (store.Session, error) {
-	v, err := scanSession(s.db.pool.QueryRow(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = $1`, id))
+	v, err := scanSession(s.db.pool.QueryRow(ctx, sessionByID, id))
 	return v, wrap("get session", err)
 }
 
@@ -183,12 +196,12 @@ func (s sessions) ConsumeNonce(ctx context.Context, id, nonce string, now time.T
 }
 
 func (s sessions) SetClaims(ctx context.Context, id string, claims []byte) error {
-	tag, err := s.db.pool.Exec(ctx, `UPDATE sessions SET claims = $1 WHERE id = $2 AND nonce_used`, claims, id)
+	tag, err := s.db.pool.Exec(ctx, setClaims, claims, id)
 	return affectedOne("set claims", tag, err)
 }
 
 func (s sessions) DeleteExpired(ctx context.Context, now time.Time) (int, error) {
-	tag, err := s.db.pool.Exec(ctx, `DELETE FROM sessions WHERE expires_at <= $1`, ns(now))
+	tag, err := s.db.pool.Exec(ctx, deleteExpiredSessions, ns(now))
 	if err != nil {
 		return 0, wrap("delete expired sessions", err)
 	}
@@ -213,7 +226,7 @@ func scanToken(row pgx.Row) (store.JoinToken, error) {
 
 func (j joinTokens) Consume(ctx context.Context, id string) (store.JoinToken, error) {
 	t, err := scanToken(j.db.pool.QueryRow(ctx,
-		`DELETE FROM join_tokens WHERE id = $1 RETURNING id, spiffe_id, expires_at, created_at`, id))
+		consumeJoinToken, id))
 	if err != nil {
 		return store.JoinToken{}, wrap("consume join token", err)
 	}
@@ -341,7 +354,7 @@ func (e entries) query(ctx context.Context, sql string, args ...any) ([]store.En
 }
 
 func (e entries) Delete(ctx context.Context, id string) error {
-	tag, err := e.db.pool.Exec(ctx, `DELETE FROM entries WHERE id = $1`, id)
+	tag, err := e.db.pool.Exec(ctx, deleteEntry, id)
 	return affectedOne("delete entry", tag, err)
 }
 
@@ -361,7 +374,7 @@ func (r resources) Put(ctx context.Context, v store.Resource) error {
 func (r resources) Get(ctx context.Context, path string) (store.Resource, error) {
 	var v store.Resource
 	var updated int64
-	err := r.db.pool.QueryRow(ctx, `SELECT path, sealed, updated_at FROM resources WHERE path = $1`, path).Scan(&v.Path, &v.Sealed, &updated)
+	err := r.db.pool.QueryRow(ctx, resourceByPath, path).Scan(&v.Path, &v.Sealed, &updated)
 	v.UpdatedAt = fromNS(updated)
 	return v, wrap("get resource", err)
 }
@@ -396,7 +409,7 @@ func (k keys) Create(ctx context.Context, v store.Key) error {
 
 func (k keys) List(ctx context.Context, kind string) ([]store.Key, error) {
 	rows, err := k.db.pool.Query(ctx,
-		`SELECT kind, id, sealed, public, not_before, not_after, created_at FROM keys WHERE kind = $1 ORDER BY not_before, id`, kind)
+		keysByKind, kind)
 	if err != nil {
 		return nil, wrap("list keys", err)
 	}
@@ -420,7 +433,7 @@ type policies struct{ db *DB }
 func (p policies) Get(ctx context.Context, name string) (store.Policy, error) {
 	var v store.Policy
 	var updated int64
-	err := p.db.pool.QueryRow(ctx, `SELECT name, text, revision, updated_at FROM policies WHERE name = $1`, name).
+	err := p.db.pool.QueryRow(ctx, policyByName, name).
 		Scan(&v.Name, &v.Text, &v.Revision, &updated)
 	v.UpdatedAt = fromNS(updated)
 	return v, wrap("get policy", err)
