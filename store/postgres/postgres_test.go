@@ -2,12 +2,8 @@ package postgres
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,63 +13,14 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/trustgate/trustgate/store"
+	"github.com/trustgate/trustgate/store/postgres/pgtest"
 	"github.com/trustgate/trustgate/store/storetest"
 )
 
-// testDSNEnv names the variable that points the tests at a PostgreSQL
-// server; .ci/run sets it (scripts/pg-test-cluster.sh).
-const testDSNEnv = "TRUSTGATE_TEST_POSTGRES"
-
-// testServer returns the test server's DSN, or skips the test when none is
-// configured.
-func testServer(tb testing.TB) string {
-	tb.Helper()
-	dsn := os.Getenv(testDSNEnv)
-	if dsn == "" {
-		tb.Skipf("%s is not set: start a server with scripts/pg-test-cluster.sh", testDSNEnv)
-	}
-	return dsn
-}
-
-// freshSchema creates an empty schema for one test, drops it when the test
-// ends, and returns Options whose connections use it.
+// freshSchema returns Options on an empty schema of the test's own.
 func freshSchema(tb testing.TB) Options {
 	tb.Helper()
-	dsn := testServer(tb)
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "t_" + hex.EncodeToString(b[:])
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		tb.Fatalf("connect to %s: %v", testDSNEnv, err)
-	}
-	if _, err := admin.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if _, err := admin.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
-			tb.Errorf("drop schema %s: %v", schema, err)
-		}
-		_ = admin.Close(ctx)
-	})
-	return Options{DSN: withSearchPath(tb, dsn, schema)}
-}
-
-// withSearchPath adds search_path to a DSN: pgx passes unknown keywords to
-// the server as run-time parameters.
-func withSearchPath(tb testing.TB, dsn, schema string) string {
-	if strings.Contains(dsn, "://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			tb.Fatalf("%s: %v", testDSNEnv, err)
-		}
-		q := u.Query()
-		q.Set("search_path", schema)
-		u.RawQuery = q.Encode()
-		return u.String()
-	}
-	return dsn + " search_path=" + schema
+	return Options{DSN: pgtest.Schema(tb)}
 }
 
 func openT(tb testing.TB, opts Options) *DB {
