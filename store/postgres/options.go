@@ -92,6 +92,12 @@ func (o Options) poolConfig() (*pgxpool.Config, error) {
 		return nil, fmt.Errorf("postgres: statement timeout %s: want at least 1ms", timeout)
 	}
 	cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(timeout.Milliseconds(), 10)
+	// JIT compilation costs tens of milliseconds and pays off only for
+	// long analytic queries; every statement here is a short lookup or
+	// write, whose estimated cost can still cross jit_above_cost when the
+	// table statistics are stale (after a bulk import, before autovacuum
+	// analyzes it): measured 100 ms per entry lookup at 100k entries.
+	cfg.ConnConfig.RuntimeParams["jit"] = "off"
 	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "trustgate"
 	}

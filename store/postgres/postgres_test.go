@@ -187,6 +187,18 @@ func TestRefusesNewerSchema(t *testing.T) {
 	}
 }
 
+// TestSessionSettings checks that the store's connections run with JIT
+// off: with stale statistics, a lookup's estimated cost can cross
+// jit_above_cost, and compiling it took 100 ms per lookup at 100k entries.
+func TestSessionSettings(t *testing.T) {
+	db := openT(t, freshSchema(t))
+	defer db.Close()
+	var jit string
+	if err := db.pool.QueryRow(context.Background(), `SHOW jit`).Scan(&jit); err != nil || jit != "off" {
+		t.Fatalf("jit = %q (%v), want off", jit, err)
+	}
+}
+
 // TestStatementTimeout checks that the configured timeout reaches the
 // server and stops a statement that runs too long.
 func TestStatementTimeout(t *testing.T) {
