@@ -42,6 +42,19 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, target int) (err error) {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Release()
+	// The wait for another replica's migration and a migration itself
+	// (an index on a large table) may take longer than the statement
+	// timeout; ctx bounds them instead. RESET restores the connection's
+	// own setting before it goes back to the pool.
+	if _, err := conn.Exec(ctx, `SET statement_timeout = 0`); err != nil {
+		return fmt.Errorf("lift the statement timeout for migration: %w", err)
+	}
+	defer func() {
+		if _, rerr := conn.Exec(context.WithoutCancel(ctx), `RESET statement_timeout`); rerr != nil {
+			_ = conn.Conn().Close(context.WithoutCancel(ctx))
+			err = errors.Join(err, fmt.Errorf("restore the statement timeout: %w", rerr))
+		}
+	}()
 	if _, err := conn.Exec(ctx, migrateLock); err != nil {
 		return fmt.Errorf("lock for migration: %w", err)
 	}

@@ -187,6 +187,23 @@ func TestRefusesNewerSchema(t *testing.T) {
 	}
 }
 
+// TestMigrationIgnoresStatementTimeout opens a fresh schema with a
+// statement timeout far shorter than the migrations (and the wait for
+// another replica's migration) take: the migrations must still run, and the
+// timeout must then hold again for the store's statements.
+func TestMigrationIgnoresStatementTimeout(t *testing.T) {
+	opts := freshSchema(t)
+	opts.StatementTimeout = time.Millisecond
+	db := openT(t, opts)
+	defer db.Close()
+	for range 3 { // every connection of the pool, including the migrating one
+		var timeout string
+		if err := db.pool.QueryRow(context.Background(), `SHOW statement_timeout`).Scan(&timeout); err != nil || timeout != "1ms" {
+			t.Fatalf("statement_timeout after migrating = %q (%v), want 1ms", timeout, err)
+		}
+	}
+}
+
 // TestSessionSettings checks that the store's connections run with JIT
 // off: with stale statistics, a lookup's estimated cost can cross
 // jit_above_cost, and compiling it took 100 ms per lookup at 100k entries.
