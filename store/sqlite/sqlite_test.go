@@ -294,3 +294,20 @@ func TestTransactionBesideFirstPrepare(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestReaderCacheSize(t *testing.T) {
+	for _, tc := range []struct {
+		opt  int64
+		want int64
+	}{{0, -32768}, {4 << 20, -4096}} {
+		db, err := Open(context.Background(), filepath.Join(t.TempDir(), "s.db"), Options{ReaderCache: tc.opt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kib int64
+		if err := db.r.db.QueryRow(`PRAGMA cache_size`).Scan(&kib); err != nil || kib != tc.want {
+			t.Errorf("ReaderCache %d: readers' cache_size %d (%v), want %d", tc.opt, kib, err, tc.want)
+		}
+		db.Close()
+	}
+}
