@@ -7,7 +7,8 @@
 # Idempotent: a second run finds the cluster running and prints the same DSN.
 # The cluster lives in $TRUSTGATE_PG_DIR (default /tmp/trustgate-pg), runs as
 # a non-root user (postgres, created if missing, when run as root), listens
-# only on a unix socket in that directory, and has a database "trustgate".
+# on a unix socket in that directory (the DSN) and, with TLS only, on
+# 127.0.0.1, and has a database "trustgate".
 # Tests isolate themselves in schemas they create and drop. Stop it with
 #   scripts/pg-test-cluster.sh stop
 # Everything but the DSN goes to stderr.
@@ -55,20 +56,44 @@ chmod 0700 "$dir"
 if [ ! -f "$dir/data/PG_VERSION" ]; then
   rm -rf "$dir/data"
   as "$bindir/initdb" -D "$dir/data" -U "$owner" --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-  cat >>"$dir/data/postgresql.conf" <<EOF
-# trustgate test cluster: a unix socket only, and no durability (tests only).
-listen_addresses = ''
+  echo "include_if_exists 'trustgate.conf'" >>"$dir/data/postgresql.conf"
+fi
+# TLS on the loopback port, with a self-signed certificate for 127.0.0.1
+# (its own root CA), so that tests can check sslmode and ssl_root_cert
+# against the real server: TCP connections must use TLS (hostssl).
+if [ ! -f "$dir/server.crt" ]; then
+  command -v openssl >/dev/null || { echo "pg-test-cluster: openssl is needed for the TLS certificate" >&2; exit 1; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj /CN=trustgate-test-postgres -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+    -keyout "$dir/server.key" -out "$dir/server.crt" 2>/dev/null
+  chown "$owner" "$dir/server.key" "$dir/server.crt"
+  chmod 0600 "$dir/server.key"
+fi
+cat >"$dir/data/trustgate.conf" <<EOF
+# trustgate test cluster: a unix socket and TLS on loopback, no durability
+# (tests only).
+listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
 port = $port
+ssl = on
+ssl_cert_file = '$dir/server.crt'
+ssl_key_file = '$dir/server.key'
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 max_connections = 200
 shared_buffers = 64MB
 EOF
-fi
+cat >"$dir/data/pg_hba.conf" <<EOF
+local     all all              trust
+hostssl   all all 127.0.0.1/32 trust
+hostnossl all all 0.0.0.0/0    reject
+EOF
+chown "$owner" "$dir/data/trustgate.conf" "$dir/data/pg_hba.conf"
 if ! as "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
   as "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 start >&2
+else
+  as "$bindir/pg_ctl" -D "$dir/data" reload >/dev/null # settings may have changed
 fi
 if ! as "$bindir/psql" -h "$dir" -p "$port" -d postgres -U "$owner" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
   as "$bindir/createdb" -h "$dir" -p "$port" -U "$owner" "$db"
