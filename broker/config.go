@@ -126,12 +126,15 @@ type PolicyConfig struct {
 
 // StoreConfig selects and configures the persistent store.
 type StoreConfig struct {
-	// Driver is "sqlite".
+	// Driver is "sqlite" (embedded, one server) or "postgres" (replicas
+	// sharing one PostgreSQL database).
 	Driver string `toml:"driver"`
 	// Path is the SQLite database file.
 	Path string `toml:"path"`
 	// Synchronous is SQLite's synchronous mode: "NORMAL" or "FULL".
 	Synchronous string `toml:"synchronous"`
+	// PostgreSQL's keys (postgres.go) are valid with driver "postgres" only.
+	PostgresConfig
 }
 
 // SessionConfig bounds RCAR sessions.
@@ -249,8 +252,11 @@ func (c *Config) Validate() error {
 		if s := c.Store.Synchronous; s != "" && s != "NORMAL" && s != "FULL" {
 			p.Addf("store.synchronous = %q: want \"NORMAL\" or \"FULL\"", s)
 		}
+		c.Store.PostgresConfig.refuse(&p)
+	case "postgres":
+		c.Store.PostgresConfig.validate(&p)
 	default:
-		p.Addf("store.driver = %q: the only driver is \"sqlite\"", c.Store.Driver)
+		p.Addf("store.driver = %q: want \"sqlite\" (embedded) or \"postgres\" (replicas on one database)", c.Store.Driver)
 	}
 	positive := func(name string, d Duration) {
 		if d.Duration <= 0 {

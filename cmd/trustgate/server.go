@@ -15,7 +15,6 @@ import (
 	"github.com/trustgate/trustgate/config"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/serve"
-	"github.com/trustgate/trustgate/store/sqlite"
 	"github.com/trustgate/trustgate/telemetry"
 )
 
@@ -86,7 +85,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			}
 
 			ctx := cmd.Context()
-			st, err := sqlite.Open(ctx, cfg.Store.Path, sqlite.Options{Synchronous: cfg.Store.Synchronous})
+			st, err := broker.OpenStore(ctx, cfg.Store)
 			if err != nil {
 				return err
 			}
@@ -107,7 +106,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				_ = ln.Close()
 				return err
 			}
-			log.Info("broker listening", "addr", addr, "store", cfg.Store.Path, "dev", dev)
+			log.Info("broker listening", "addr", addr, "store", cfg.Store.Describe(), "dev", dev)
 			if dev {
 				fmt.Fprintf(out, "trustgate server (dev mode)\n  API:    %s\n  store:  %s\n  try:    curl %s/healthz\n", addr, cfg.Store.Path, addr)
 				fmt.Fprintf(out, "  admin token (24h):\n    export TRUSTGATE_ADMIN_TOKEN=%s\n", devAdmin.Token)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -330,4 +331,60 @@ func TestFilesAre0600(t *testing.T) {
 		}
 	}
 	check("reopened")
+}
+
+func TestReaderCacheSize(t *testing.T) {
+	for _, tc := range []struct {
+		opt  int64
+		want int64
+	}{{0, -32768}, {4 << 20, -4096}} {
+		db, err := Open(context.Background(), filepath.Join(t.TempDir(), "s.db"), Options{ReaderCache: tc.opt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kib int64
+		if err := db.r.db.QueryRow(`PRAGMA cache_size`).Scan(&kib); err != nil || kib != tc.want {
+			t.Errorf("ReaderCache %d: readers' cache_size %d (%v), want %d", tc.opt, kib, err, tc.want)
+		}
+		db.Close()
+	}
+}
+
+// TestEntryTablesRebuilt migrates entries with selectors from schema 2
+// through the WITHOUT ROWID rebuild (0003): entries, selectors and their
+// order survive, and deleting an entry still deletes its selectors.
+func TestEntryTablesRebuilt(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v2.db")
+	old, err := open(ctx, path, Options{}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := []store.Selector{{Type: "k8s", Value: "ns:a"}, {Type: "k8s", Value: "sa:b"}, {Type: "unix", Value: "uid:0"}}
+	for _, id := range []string{"e1", "e2"} {
+		if _, err := old.Entries().Create(ctx, store.Entry{ID: id, SPIFFEID: "spiffe://td/" + id, ParentID: "spiffe://td/agent", Selectors: sel, DNSNames: []string{id + ".local"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old.Close()
+	db, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	list, err := db.Entries().List(ctx, store.EntryFilter{ParentID: "spiffe://td/agent"})
+	if err != nil || len(list) != 2 || !slices.Equal(list[1].Selectors, sel) || !slices.Equal(list[1].DNSNames, []string{"e2.local"}) {
+		t.Fatalf("after the rebuild: %+v %v", list, err)
+	}
+	if err := db.Entries().Delete(ctx, "e1"); err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	if err := db.r.db.QueryRow(`SELECT count(*) FROM entry_selectors WHERE entry_id = 'e1'`).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d selectors of a deleted entry left (%v): the cascade was lost", left, err)
+	}
+	var withoutRowid int
+	if err := db.r.db.QueryRow(`SELECT count(*) FROM pragma_table_list WHERE name IN ('entries', 'entry_selectors') AND wr = 1`).Scan(&withoutRowid); err != nil || withoutRowid != 2 {
+		t.Fatalf("%d of the entry tables are WITHOUT ROWID (%v), want 2", withoutRowid, err)
+	}
 }
