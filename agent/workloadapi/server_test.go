@@ -276,6 +276,10 @@ func rawClient(t *testing.T, addr string) workload.SpiffeWorkloadAPIClient {
 func TestSecurityHeaderRequired(t *testing.T) {
 	e := newEnv(t, options{}, uidEntry("e1", "spiffe://example.org/me", os.Getuid()))
 	c := rawClient(t, e.addr)
+	tok, err := swl.FetchJWTSVID(ctxT(t), jwtsvid.Params{Audience: "a"}, swl.WithAddr(e.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, md := range []metadata.MD{nil, metadata.Pairs("workload.spiffe.io", "yes")} {
 		ctx := ctxT(t)
 		if md != nil {
@@ -311,7 +315,7 @@ func TestSecurityHeaderRequired(t *testing.T) {
 				return err
 			},
 			"ValidateJWTSVID": func() error {
-				_, err := c.ValidateJWTSVID(ctx, &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "x.y.z"})
+				_, err := c.ValidateJWTSVID(ctx, &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: tok.Marshal()})
 				return err
 			},
 		}
@@ -323,6 +327,9 @@ func TestSecurityHeaderRequired(t *testing.T) {
 	}
 	// With the header, the same raw client is served.
 	ctx := metadata.NewOutgoingContext(ctxT(t), metadata.Pairs("workload.spiffe.io", "true"))
+	if _, err := c.ValidateJWTSVID(ctx, &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: tok.Marshal()}); err != nil {
+		t.Fatalf("ValidateJWTSVID with the header: %v", err)
+	}
 	s, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
 	if err != nil {
 		t.Fatal(err)
