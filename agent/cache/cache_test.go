@@ -251,7 +251,8 @@ func TestIssuerAnswerChecked(t *testing.T) {
 		if err := c.SetEntries([]cache.Entry{entry("a", "uid:1"), entry("b", "uid:1")}); err != nil {
 			t.Fatal(err)
 		}
-		for ca.Batches.Load() < 3 {
+		deadline := time.Now().Add(10 * time.Second)
+		for ca.Batches.Load() < 3 && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		if n := c.Stats().SVIDs; n != 0 {
