@@ -68,4 +68,3 @@ func (c *Cache) FetchJWTSVID(ctx context.Context, e Entry, audience []string) (s
 	}
 	return v.(jwtToken).token, nil
 }
-

@@ -386,7 +386,7 @@ func newWatcher() *watcher {
 }
 
 func (w *watcher) OnX509ContextUpdate(c *swl.X509Context) { w.updates <- c }
-func (w *watcher) OnX509ContextWatchError(err error)     { w.errs <- err }
+func (w *watcher) OnX509ContextWatchError(err error)      { w.errs <- err }
 
 func watch(t *testing.T, addr string) *watcher {
 	ctx, cancel := context.WithCancel(context.Background())

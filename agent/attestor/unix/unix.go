@@ -48,11 +48,10 @@ type Attestor struct {
 // fileKey names one version of a file: a rewrite changes ctime, which no
 // unprivileged caller can set back.
 type fileKey struct {
-	dev, ino    uint64
-	size        int64
-	mtime       syscall.Timespec
-	ctime       syscall.Timespec
-	sizeLimited bool
+	dev, ino uint64
+	size     int64
+	mtime    syscall.Timespec
+	ctime    syscall.Timespec
 }
 
 // New returns a unix attestor.
