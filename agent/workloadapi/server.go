@@ -202,9 +202,9 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 				}
 				return errNoIdentity
 			}
-			resp, err := x509SVIDResponse(u)
-			if err != nil {
-				return err
+			resp, ok := x509SVIDResponse(u)
+			if !ok {
+				continue // an SVID's trust bundle is not known yet
 			}
 			if err := stream.Send(resp); err != nil {
 				return err
@@ -213,14 +213,16 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	}
 }
 
-func x509SVIDResponse(u *cache.WorkloadUpdate) (*workload.X509SVIDResponse, error) {
+// x509SVIDResponse encodes an update; it reports false when the bundle of
+// an SVID's trust domain is missing, which the spec makes required.
+func x509SVIDResponse(u *cache.WorkloadUpdate) (*workload.X509SVIDResponse, bool) {
 	resp := &workload.X509SVIDResponse{Svids: make([]*workload.X509SVID, 0, len(u.Identities))}
 	own := map[spiffeid.TrustDomain]bool{}
 	for _, id := range u.Identities {
 		td := id.ID.TrustDomain()
 		b, ok := u.Bundles[td]
 		if !ok {
-			return nil, status.Errorf(codes.Unavailable, "no bundle for trust domain %s yet", td)
+			return nil, false
 		}
 		own[td] = true
 		resp.Svids = append(resp.Svids, &workload.X509SVID{
@@ -238,7 +240,7 @@ func x509SVIDResponse(u *cache.WorkloadUpdate) (*workload.X509SVIDResponse, erro
 			resp.FederatedBundles[td.IDString()] = b.X509DER
 		}
 	}
-	return resp, nil
+	return resp, true
 }
 
 // entitled reports whether the caller may see bundles: it matches an
