@@ -525,6 +525,28 @@ func TestBundleChangePushed(t *testing.T) {
 	if !b.HasX509Authority(next.Root) {
 		t.Fatal("the new authority is not in the pushed bundle")
 	}
+	// A federated trust domain reaches the stream as a federated bundle,
+	// and FetchX509Bundles and FetchJWTBundles list it.
+	otd := spiffeid.RequireTrustDomainFromString("other.org")
+	fed, err := testca.New(otd, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cache.SetBundles([]*spiffebundle.Bundle{nb, fed.Bundle()}); err != nil {
+		t.Fatal(err)
+	}
+	u = w.next(t, time.Second)
+	if ob, err := u.Bundles.GetX509BundleForTrustDomain(otd); err != nil || !ob.HasX509Authority(fed.Root) {
+		t.Fatalf("federated bundle: %v", err)
+	}
+	xb, err := swl.FetchX509Bundles(ctxT(t), swl.WithAddr(e.addr))
+	if err != nil || !xb.Has(otd) || !xb.Has(td) {
+		t.Fatalf("FetchX509Bundles: %v", err)
+	}
+	jb, err := swl.FetchJWTBundles(ctxT(t), swl.WithAddr(e.addr))
+	if err != nil || !jb.Has(otd) || !jb.Has(td) {
+		t.Fatalf("FetchJWTBundles: %v", err)
+	}
 }
 
 // TestOtherUIDGetsOnlyItsOwn: a process running as uid 65534 gets the
