@@ -3,6 +3,9 @@ package workloadapi_test
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
 	"fmt"
 	"io"
@@ -18,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -638,4 +642,51 @@ func TestCallerGoneAfterAttestation(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("no call observed")
+}
+
+type jwtBundleWatcher struct{ ch chan *jwtbundle.Set }
+
+func (w jwtBundleWatcher) OnJWTBundlesUpdate(s *jwtbundle.Set) { w.ch <- s }
+func (w jwtBundleWatcher) OnJWTBundlesWatchError(error)        {}
+
+// TestJWTBundleStreamPushed: a new JWT authority reaches an open
+// FetchJWTBundles stream.
+func TestJWTBundleStreamPushed(t *testing.T) {
+	e := newEnv(t, options{}, uidEntry("e1", "spiffe://example.org/me", os.Getuid()))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := jwtBundleWatcher{ch: make(chan *jwtbundle.Set, 10)}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = swl.WatchJWTBundles(ctx, w, swl.WithAddr(e.addr)) }()
+	defer func() { cancel(); <-done }()
+	recv := func() *jwtbundle.Bundle {
+		select {
+		case s := <-w.ch:
+			b, err := s.GetJWTBundleForTrustDomain(td)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		case <-time.After(5 * time.Second):
+			t.Fatal("no JWT bundle update")
+		}
+		return nil
+	}
+	if b := recv(); len(b.JWTAuthorities()) != 1 {
+		t.Fatalf("%d JWT authorities", len(b.JWTAuthorities()))
+	}
+	nb := e.ca.Bundle()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nb.AddJWTAuthority("next-kid", key.Public()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cache.SetBundles([]*spiffebundle.Bundle{nb}); err != nil {
+		t.Fatal(err)
+	}
+	if b := recv(); !b.HasJWTAuthority("next-kid") {
+		t.Fatal("the new JWT authority was not pushed")
+	}
 }
