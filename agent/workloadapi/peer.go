@@ -29,6 +29,7 @@ type Caller struct {
 
 	mu     sync.RWMutex
 	pidfd  int // -1 when none
+	exact  bool // pidfd came from SO_PEERPIDFD
 	closed bool
 }
 
@@ -40,10 +41,12 @@ func (*Caller) AuthType() string { return "peercred" }
 var ErrCallerGone = errors.New("workload API caller is gone or its PID was reused")
 
 // Alive checks that the PID still names the process that connected: its
-// pidfd (from SO_PEERPIDFD, so the kernel's own reference to the peer)
-// still refers to a live process, and its start time in /proc is the one
-// read at accept time. Called after attestation, it ensures the selectors
-// that were read belong to the caller and not to a process that took over
+// pidfd still refers to a process that has not been reaped. With a pidfd
+// from SO_PEERPIDFD (the kernel's own reference to the peer) that is
+// proof: a PID is not reused before its process is reaped. With a pidfd
+// opened by PID (older kernels), the start time in /proc must also be the
+// one read at accept time. Called after attestation, it ensures that the
+// selectors read belong to the caller and not to a process that took over
 // its PID (SPIRE's guard against PID reuse).
 func (c *Caller) Alive() error {
 	c.mu.RLock()
@@ -56,6 +59,9 @@ func (c *Caller) Alive() error {
 		// process) still proves the process exists; ESRCH means it exited.
 		if err := unix.PidfdSendSignal(c.pidfd, 0, nil, 0); err != nil && !errors.Is(err, unix.EPERM) {
 			return fmt.Errorf("%w: %v", ErrCallerGone, err)
+		}
+		if c.exact {
+			return nil
 		}
 	}
 	st, err := readStartTime(c.procRoot, c.PID)
@@ -164,6 +170,7 @@ func callerOf(uc *net.UnixConn, procRoot string) (*Caller, error) {
 	if cred.Pid <= 0 {
 		return nil, fmt.Errorf("peer PID %d is not visible in this PID namespace", cred.Pid)
 	}
+	exact := ferr == nil
 	if ferr != nil {
 		pidfd, ferr = unix.PidfdOpen(int(cred.Pid), 0)
 		if ferr != nil && !errors.Is(ferr, unix.ENOSYS) {
@@ -183,10 +190,10 @@ func callerOf(uc *net.UnixConn, procRoot string) (*Caller, error) {
 	c := &Caller{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity},
 		PID:            cred.Pid, UID: cred.Uid, GID: cred.Gid,
-		procRoot: procRoot, startTime: st, pidfd: pidfd,
+		procRoot: procRoot, startTime: st, pidfd: pidfd, exact: exact,
 	}
-	// The pidfd came from the kernel's peer reference, but the start time
-	// was read by PID: check that they name the same process.
+	// The start time was read by PID: check that the process was not
+	// reaped meanwhile, so that it is the peer's.
 	if err := c.Alive(); err != nil {
 		c.close()
 		return nil, err

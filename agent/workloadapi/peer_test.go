@@ -1,9 +1,13 @@
 package workloadapi
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"strconv"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseStartTime(t *testing.T) {
@@ -41,4 +45,42 @@ func FuzzParseStartTime(f *testing.F) {
 			t.Fatalf("returned a non-number %q", st)
 		}
 	})
+}
+
+// TestAliveFallback: without a kernel-given pidfd, Alive compares the
+// start time, so a PID now naming another process is refused.
+func TestAliveFallback(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := int32(cmd.Process.Pid)
+	st, err := readStartTime("/proc", pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.PidfdOpen(int(pid), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := &Caller{PID: pid, procRoot: "/proc", startTime: st, pidfd: fd}
+	defer same.close()
+	if err := same.Alive(); err != nil {
+		t.Fatalf("live caller: %v", err)
+	}
+	// The same PID with another start time is another process.
+	other := &Caller{PID: pid, procRoot: "/proc", startTime: st + "0", pidfd: -1}
+	if err := other.Alive(); !errors.Is(err, ErrCallerGone) {
+		t.Fatalf("reused PID: %v", err)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if err := same.Alive(); !errors.Is(err, ErrCallerGone) {
+		t.Fatalf("reaped caller: %v", err)
+	}
+	exact := &Caller{PID: pid, procRoot: "/proc", startTime: st, pidfd: fd, exact: true}
+	if err := exact.Alive(); !errors.Is(err, ErrCallerGone) {
+		t.Fatalf("reaped caller with a kernel pidfd: %v", err)
+	}
 }
