@@ -28,7 +28,7 @@ type Caller struct {
 	startTime string
 
 	mu     sync.RWMutex
-	pidfd  int // -1 when none
+	pidfd  int  // -1 when none
 	exact  bool // pidfd came from SO_PEERPIDFD
 	closed bool
 }
