@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -87,6 +88,8 @@ type options struct {
 	ttl      time.Duration
 	unauthOK bool
 	attestor attestor.WorkloadAttestor
+	// issuerDown makes the CA fail until the test calls SetFailure(nil).
+	issuerDown bool
 }
 
 // newEnv starts a cache with a test CA and a Workload API server on a unix
@@ -113,6 +116,9 @@ func newEnv(t testing.TB, o options, entries ...cache.Entry) *env {
 	}
 	if err := c.SetEntries(entries); err != nil {
 		t.Fatal(err)
+	}
+	if o.issuerDown {
+		ca.SetFailure(errors.New("broker unreachable"))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -688,5 +694,24 @@ func TestJWTBundleStreamPushed(t *testing.T) {
 	}
 	if b := recv(); !b.HasJWTAuthority("next-kid") {
 		t.Fatal("the new JWT authority was not pushed")
+	}
+}
+
+// TestStreamWaitsForPendingSVID: a caller that matches an entry whose SVID
+// is not issued yet is not denied; its stream waits and gets the SVID once
+// the issuer answers.
+func TestStreamWaitsForPendingSVID(t *testing.T) {
+	e := newEnv(t, options{issuerDown: true}, uidEntry("e1", "spiffe://example.org/me", os.Getuid()))
+	w := watch(t, e.addr)
+	select {
+	case u := <-w.updates:
+		t.Fatalf("update before any SVID was issued: %v", ids(u))
+	case err := <-w.errs:
+		t.Fatalf("a caller with a pending entry got %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	e.ca.SetFailure(nil)
+	if got := ids(w.next(t, 5*time.Second)); !slices.Equal(got, []string{"spiffe://example.org/me"}) {
+		t.Fatalf("after the issuer returned: %v", got)
 	}
 }
