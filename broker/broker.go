@@ -12,7 +12,6 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,11 +25,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustgate/trustgate/attest"
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/policy"
+	"github.com/trustgate/trustgate/serve"
 	"github.com/trustgate/trustgate/store"
 	"github.com/trustgate/trustgate/token"
 )
@@ -87,6 +88,10 @@ type Options struct {
 	// TokenService, when set, serves GET and POST /token and makes plugin
 	// endpoints challenge for, and accept, scoped tokens.
 	TokenService *TokenServiceOptions
+	// ClientSVIDs, when set, verifies the X.509-SVIDs that TLS clients
+	// present: a caller with one chained to this bundle is authenticated
+	// as its SPIFFE ID (credential "x509-svid"), instead of by a token.
+	ClientSVIDs x509bundle.Source
 }
 
 // Server is the broker's HTTP API.
@@ -107,6 +112,7 @@ type Server struct {
 	tokens        *tokenCache
 	audit         *auditor
 	ts            *tokenService
+	tls           *servingTLS // set by FromConfig
 }
 
 // New returns a broker serving opts.
@@ -195,7 +201,7 @@ func New(opts Options) (*Server, error) {
 		s.mux.Handle("GET /token", s.limited(s.tokenLimit, s.serveToken))
 		s.mux.Handle("POST /token", s.limited(s.tokenLimit, s.serveToken))
 	}
-	s.mux.HandleFunc("GET /healthz", s.healthz)
+	serve.HandleHealth(s.mux, s.log, s.Ready)
 	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.limit, s.auth))
 	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.limit, s.attest))
 	s.mux.Handle("GET /.well-known/jwks.json", opts.Tokens)
@@ -234,6 +240,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.opts.Tokens.Run(ctx) })
+	if s.tls != nil {
+		wg.Go(func() { s.tls.run(ctx) })
+	}
 	for _, p := range s.plugins {
 		if r, ok := p.(plugin.Runner); ok {
 			wg.Go(func() { r.Run(ctx) })
@@ -301,15 +310,4 @@ func (s *Server) limited(l *limiter, h http.HandlerFunc) http.Handler {
 		s.log.Info("rate limited", "path", r.URL.Path, "client", v.client, "global", v.global, "retry_in", v.wait.Round(time.Millisecond))
 		writeProblem(w, http.StatusTooManyRequests, ProblemRateLimited, fmt.Sprintf("too many requests %s; retry in %v", from, v.wait.Round(time.Millisecond)))
 	})
-}
-
-func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	// A read proves the store answers.
-	if _, err := s.store.JoinTokens().List(r.Context()); err != nil {
-		s.log.Error("health check: store", "err", err)
-		writeProblem(w, http.StatusServiceUnavailable, ProblemInternal, "store unavailable")
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
 }

@@ -29,6 +29,8 @@ const (
 	credScoped
 	// credSVID is a JWT-SVID from the svid plugin (token service only).
 	credSVID
+	// credX509SVID is an X.509-SVID presented as a TLS client certificate.
+	credX509SVID
 )
 
 // String is the kind as the policy input's "credential" names it.
@@ -40,6 +42,8 @@ func (k credKind) String() string {
 		return "scoped"
 	case credSVID:
 		return "jwt-svid"
+	case credX509SVID:
+		return "x509-svid"
 	}
 	return "unknown"
 }
@@ -131,6 +135,9 @@ func attestationToken(r *http.Request) (string, *authFailure) {
 // authAttested authenticates a caller of a plugin endpoint: the
 // attestation token, or a scoped token for the broker's own service.
 func (s *Server) authAttested(r *http.Request) (*callerEntry, *authFailure) {
+	if _, ok := bearer(r); !ok && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && s.opts.ClientSVIDs != nil {
+		return s.verifyClientSVID(r.TLS.PeerCertificates)
+	}
 	raw, af := attestationToken(r)
 	if af != nil {
 		return nil, af
