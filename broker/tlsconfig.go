@@ -44,7 +44,8 @@ type TLSConfig struct {
 	// trust_bundle_path.
 	BundleFile string `toml:"bundle_file"`
 	// ClientCerts accepts X.509-SVIDs chained to the bundle as client
-	// certificates: such a caller is authenticated as its SPIFFE ID.
+	// certificates: such a caller is authenticated as its SPIFFE ID. It
+	// has no effect in mode "off".
 	ClientCerts bool `toml:"client_certs"`
 }
 
@@ -58,8 +59,8 @@ func (c *Config) validateTLS(p *config.Problems) {
 	t := &c.TLS
 	switch t.Mode {
 	case TLSModeCA:
-		if t.CertTTL.Duration < time.Minute {
-			p.Addf("tls.cert_ttl = %q: want a duration of at least 1m, such as \"24h\"", t.CertTTL)
+		if t.CertTTL.Duration < 2*time.Second {
+			p.Addf("tls.cert_ttl = %q: want a duration of at least 2s, such as \"24h\"", t.CertTTL)
 		}
 		for _, n := range t.ServerNames {
 			if n == "" || strings.ContainsAny(n, " /:") && net.ParseIP(n) == nil {
@@ -74,9 +75,6 @@ func (c *Config) validateTLS(p *config.Problems) {
 			p.Addf("tls.reload_interval = %q: want a positive duration such as \"10s\"", t.ReloadInterval)
 		}
 	case TLSModeOff:
-		if t.ClientCerts {
-			p.Addf("tls.client_certs = true needs TLS: set tls.mode to \"ca\" or \"files\"")
-		}
 		if !c.InsecureHTTP && !loopbackListen(c.Listen) {
 			p.Addf("listen = %q with tls.mode = \"off\" would serve cleartext HTTP beyond this host: set tls.mode = \"ca\" (a certificate from the broker's own CA) or \"files\" (tls.cert_file and tls.key_file), listen on 127.0.0.1, or set insecure_http = true if a TLS proxy in front of the broker terminates HTTPS", c.Listen)
 		}
