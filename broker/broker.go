@@ -20,7 +20,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -113,6 +112,7 @@ type Server struct {
 	audit         *auditor
 	ts            *tokenService
 	tls           *servingTLS // set by FromConfig
+	metrics       *serverMetrics
 }
 
 // New returns a broker serving opts.
@@ -194,6 +194,9 @@ func New(opts Options) (*Server, error) {
 	if s.audit, err = newAuditor(opts.Audit, opts.Metrics, names); err != nil {
 		return nil, err
 	}
+	if s.metrics, err = newServerMetrics(opts.Metrics, s.attestorNames, names); err != nil {
+		return nil, err
+	}
 	if opts.TokenService != nil {
 		if s.ts, err = newTokenService(opts.TokenService, opts.TrustDomain, opts.Tokens.MaxTokenTTL()); err != nil {
 			return nil, err
@@ -203,7 +206,7 @@ func New(opts Options) (*Server, error) {
 	}
 	serve.HandleHealth(s.mux, s.log, s.Ready)
 	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.limit, s.auth))
-	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.limit, s.attest))
+	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.limit, s.metrics.countAttestations(s.attest)))
 	s.mux.Handle("GET /.well-known/jwks.json", opts.Tokens)
 	s.mux.Handle("POST /admin/v1/entries", s.admin(s.createEntry))
 	s.mux.Handle("GET /admin/v1/entries", s.admin(s.listEntries))
@@ -223,14 +226,14 @@ func New(opts Options) (*Server, error) {
 // plugin router, before ServeMux could redirect a path with "." or ".."
 // segments to a cleaned one: such paths are refused, not rewritten.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/kbs/v0/"); ok {
-		name, _, _ := strings.Cut(rest, "/")
-		if !slices.Contains(ReservedNames, name) {
-			s.servePlugin(w, r)
-			return
-		}
+	start := time.Now()
+	if name := pluginOf(r.URL.EscapedPath()); name != "" {
+		s.servePlugin(w, r)
+		s.metrics.observe(r, name, time.Since(start))
+		return
 	}
 	s.mux.ServeHTTP(w, r)
+	s.metrics.observe(r, "", time.Since(start))
 }
 
 // Run runs the background tasks until ctx ends: the expired-session sweeper,
@@ -307,6 +310,11 @@ func (s *Server) limited(l *limiter, h http.HandlerFunc) http.Handler {
 		if v.global {
 			from = "to this server from all clients"
 		}
+		limit := "client"
+		if v.global {
+			limit = "global"
+		}
+		s.metrics.rateLimited.WithLabelValues(s.limitGroup(l), limit).Inc()
 		s.log.Info("rate limited", "path", r.URL.Path, "client", v.client, "global", v.global, "retry_in", v.wait.Round(time.Millisecond))
 		writeProblem(w, http.StatusTooManyRequests, ProblemRateLimited, fmt.Sprintf("too many requests %s; retry in %v", from, v.wait.Round(time.Millisecond)))
 	})
