@@ -102,7 +102,7 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 	}
 	srv, err := New(Options{
 		TokenService: ts, ClientSVIDs: clientSVIDs,
-		Plugins:      plugins, Policy: pol, MaxBodyBytes: cfg.Plugins.MaxBodyBytes, Metrics: reg,
+		Plugins: plugins, Policy: pol, MaxBodyBytes: cfg.Plugins.MaxBodyBytes, Metrics: reg,
 		Store: st, Log: log, TrustDomain: td, Issuer: cfg.Issuer,
 		Attestors: attestors, Tokens: tokens, Admin: admin,
 		SessionTTL: cfg.Session.TTL.Duration, TokenTTL: cfg.Token.TTL.Duration,
