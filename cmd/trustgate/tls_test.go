@@ -196,9 +196,12 @@ func teePub(t *testing.T) map[string]string {
 func attestSample(t *testing.T, hc *http.Client, api string) string {
 	t.Helper()
 	c := &rcartest.Client{Base: api, HTTP: hc}
-	ch, _, err := c.Auth("sample", nil)
+	ch, cookie, err := c.Auth("sample", nil)
 	if err != nil {
 		t.Fatalf("auth: %v", err)
+	}
+	if strings.HasPrefix(api, "https://") && !cookie.Secure {
+		t.Error("session cookie set over TLS is not Secure")
 	}
 	pub := teePub(t)
 	alg, _ := ch.ExtraParams["selected-hash-algorithm"].(string)
