@@ -113,6 +113,24 @@ type runningServer struct {
 	logs         bytes.Buffer
 }
 
+// metricsBase waits for the metrics address to be logged.
+func (s *runningServer) metricsBase(t *testing.T) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		m := s.metrics
+		s.mu.Unlock()
+		if m != "" {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no metrics address logged: %s", s.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (s *runningServer) log() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -145,7 +163,9 @@ func startServer(t *testing.T, args ...string) *runningServer {
 			_ = json.Unmarshal([]byte(line), &rec)
 			switch rec.Msg {
 			case "metrics listening":
+				s.mu.Lock()
 				s.metrics = strings.TrimSuffix(rec.Addr, "/metrics")
+				s.mu.Unlock()
 			case "broker listening":
 				s.api = rec.Addr
 				close(ready)
@@ -284,7 +304,7 @@ func TestServerTLSFromDefaultConfig(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"/healthz", "/readyz"} {
-		if resp, body := get(t, http.DefaultClient, srv.metrics+p); resp.StatusCode != 200 {
+		if resp, body := get(t, http.DefaultClient, srv.metricsBase(t)+p); resp.StatusCode != 200 {
 			t.Fatalf("metrics %s: %d %s", p, resp.StatusCode, body)
 		}
 	}
@@ -303,7 +323,7 @@ func TestServerTLSFromDefaultConfig(t *testing.T) {
 	t.Run("rotation", func(t *testing.T) { testServingRotation(t, srv, bundlePath) })
 
 	// Metrics, scraped.
-	resp, body := get(t, http.DefaultClient, srv.metrics+"/metrics")
+	resp, body := get(t, http.DefaultClient, srv.metricsBase(t)+"/metrics")
 	if resp.StatusCode != 200 {
 		t.Fatalf("metrics: %d", resp.StatusCode)
 	}
