@@ -62,8 +62,9 @@ func setKey(t *testing.T, doc, table, key, value string) string {
 
 // serverConfig writes the default configuration with the edits that
 // docs/broker.md ("TLS") documents, plus extra edits, creates the seal key
-// with `trustgate server --create-seal-key`, and returns the config path.
-func serverConfig(t *testing.T, dir string, extra func(string) string) string {
+// with `trustgate server --create-seal-key`, and returns the config path and
+// an admin token.
+func serverConfig(t *testing.T, dir string, extra func(string) string) (string, string) {
 	t.Helper()
 	var out bytes.Buffer
 	if code := run([]string{"server", "--print-default-config"}, &out, io.Discard); code != 0 {
@@ -80,7 +81,8 @@ func serverConfig(t *testing.T, dir string, extra func(string) string) string {
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := broker.NewDevAdmin(dir, time.Hour); err != nil { // writes admin.pub
+	admin, err := broker.NewDevAdmin(dir, time.Hour) // writes admin.pub
+	if err != nil {
 		t.Fatal(err)
 	}
 	var errb bytes.Buffer
@@ -92,7 +94,7 @@ func serverConfig(t *testing.T, dir string, extra func(string) string) string {
 			t.Fatal(err)
 		}
 	}
-	return path
+	return path, admin.Token
 }
 
 // freeAddr is a loopback address with a port free at the time of the call.
@@ -246,7 +248,7 @@ func attestSample(t *testing.T, hc *http.Client, api string) string {
 // refused, and the probes and metrics answer.
 func TestServerTLSFromDefaultConfig(t *testing.T) {
 	dir := t.TempDir()
-	cfgPath := serverConfig(t, dir, func(doc string) string {
+	cfgPath, adminToken := serverConfig(t, dir, func(doc string) string {
 		return setKey(t, doc, "tls", "cert_ttl", `"3s"`)
 	})
 	srv := startServer(t, "--config", cfgPath, "--metrics-addr", "127.0.0.1:0")
@@ -317,6 +319,13 @@ func TestServerTLSFromDefaultConfig(t *testing.T) {
 	errb.Reset()
 	if code := run([]string{"healthcheck", "--url", srv.api}, io.Discard, &errb); code != 1 || !strings.Contains(errb.String(), "certificate") {
 		t.Fatalf("healthcheck without the bundle: exit %d, %s", code, errb.String())
+	}
+
+	// The admin CLI reaches the https server with the bundle.
+	var out bytes.Buffer
+	errb.Reset()
+	if code := run([]string{"jointoken", "create", "--server", srv.api, "--trust-bundle", bundlePath, "--admin-token", adminToken}, &out, &errb); code != 0 || !strings.Contains(out.String(), "token") {
+		t.Fatalf("jointoken create over https: exit %d %s %s", code, out.String(), errb.String())
 	}
 
 	t.Run("mTLS", func(t *testing.T) { testClientSVIDs(t, srv, dir, cfgPath, bundlePath) })
@@ -459,7 +468,7 @@ func testServingRotation(t *testing.T, srv *runningServer, bundlePath string) {
 // insecure_http does not start, says how to fix it, and creates nothing.
 func TestServerCleartextRefused(t *testing.T) {
 	dir := t.TempDir()
-	cfgPath := serverConfig(t, dir, func(doc string) string {
+	cfgPath, _ := serverConfig(t, dir, func(doc string) string {
 		doc = setKey(t, doc, "", "listen", `"0.0.0.0:0"`)
 		return setKey(t, doc, "tls", "mode", `"off"`)
 	})
@@ -476,7 +485,7 @@ func TestServerCleartextRefused(t *testing.T) {
 		t.Errorf("a refused start created the store: %v", err)
 	}
 	// With insecure_http, and with --dev on loopback, it serves cleartext.
-	okPath := serverConfig(t, t.TempDir(), func(doc string) string {
+	okPath, _ := serverConfig(t, t.TempDir(), func(doc string) string {
 		doc = setKey(t, doc, "", "listen", `"0.0.0.0:0"`)
 		doc = setKey(t, doc, "", "insecure_http", "true")
 		return setKey(t, doc, "tls", "mode", `"off"`)
@@ -520,7 +529,7 @@ func TestServerCertFilesReloaded(t *testing.T) {
 		}
 	}
 	writePair(100)
-	cfgPath := serverConfig(t, dir, func(doc string) string {
+	cfgPath, _ := serverConfig(t, dir, func(doc string) string {
 		doc = setKey(t, doc, "tls", "mode", `"files"`)
 		doc = setKey(t, doc, "tls", "cert_file", fmt.Sprintf("%q", certFile))
 		doc = setKey(t, doc, "tls", "key_file", fmt.Sprintf("%q", keyFile))
