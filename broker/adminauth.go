@@ -232,11 +232,15 @@ func (s *Server) admin(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || raw == "" {
+			s.log.Info("admin request refused", "method", r.Method, "path", r.URL.Path, "peer", r.RemoteAddr, "reason", "no bearer token")
 			w.Header().Set("WWW-Authenticate", `Bearer realm="trustgate-admin"`)
 			writeProblem(w, http.StatusUnauthorized, ProblemAdminAccess, "admin access denied for endpoint "+r.URL.Path+": no bearer token")
 			return
 		}
 		sub, err := s.opts.Admin.Verify(r.Context(), strings.TrimSpace(raw))
+		if err != nil {
+			s.log.Warn("admin request refused", "method", r.Method, "path", r.URL.Path, "peer", r.RemoteAddr, "reason", err.Error())
+		}
 		if errors.Is(err, errAdminRole) {
 			writeProblem(w, http.StatusForbidden, ProblemAdminAccess, "admin access denied for endpoint "+r.URL.Path+": "+err.Error())
 			return

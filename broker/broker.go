@@ -12,7 +12,6 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,17 +20,18 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustgate/trustgate/attest"
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/broker/plugin/svid"
 	"github.com/trustgate/trustgate/policy"
+	"github.com/trustgate/trustgate/serve"
 	"github.com/trustgate/trustgate/store"
 	"github.com/trustgate/trustgate/token"
 )
@@ -92,6 +92,10 @@ type Options struct {
 	// TokenService, when set, serves GET and POST /token and makes plugin
 	// endpoints challenge for, and accept, scoped tokens.
 	TokenService *TokenServiceOptions
+	// ClientSVIDs, when set, verifies the X.509-SVIDs that TLS clients
+	// present: a caller with one chained to this bundle is authenticated
+	// as its SPIFFE ID (credential "x509-svid"), instead of by a token.
+	ClientSVIDs x509bundle.Source
 }
 
 // Server is the broker's HTTP API.
@@ -112,6 +116,8 @@ type Server struct {
 	tokens        *tokenCache
 	audit         *auditor
 	ts            *tokenService
+	tls           *servingTLS // set by FromConfig
+	metrics       *serverMetrics
 }
 
 // New returns a broker serving opts.
@@ -193,6 +199,9 @@ func New(opts Options) (*Server, error) {
 	if s.audit, err = newAuditor(opts.Audit, opts.Metrics, names); err != nil {
 		return nil, err
 	}
+	if s.metrics, err = newServerMetrics(opts.Metrics, s.attestorNames, names); err != nil {
+		return nil, err
+	}
 	if opts.TokenService != nil {
 		if s.ts, err = newTokenService(opts.TokenService, opts.TrustDomain, opts.Tokens.MaxTokenTTL()); err != nil {
 			return nil, err
@@ -200,9 +209,9 @@ func New(opts Options) (*Server, error) {
 		s.mux.Handle("GET /token", s.limited(s.tokenLimit, s.serveToken))
 		s.mux.Handle("POST /token", s.limited(s.tokenLimit, s.serveToken))
 	}
-	s.mux.HandleFunc("GET /healthz", s.healthz)
+	serve.HandleHealth(s.mux, s.log, s.Ready)
 	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.limit, s.auth))
-	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.limit, s.attest))
+	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.limit, s.metrics.countAttestations(s.attest)))
 	s.mux.Handle("GET /.well-known/jwks.json", opts.Tokens)
 	s.mux.HandleFunc("GET /.well-known/token-ca.pem", opts.Tokens.ServeRootCertificates)
 	for _, p := range opts.Plugins {
@@ -230,14 +239,14 @@ func New(opts Options) (*Server, error) {
 // plugin router, before ServeMux could redirect a path with "." or ".."
 // segments to a cleaned one: such paths are refused, not rewritten.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/kbs/v0/"); ok {
-		name, _, _ := strings.Cut(rest, "/")
-		if !slices.Contains(ReservedNames, name) {
-			s.servePlugin(w, r)
-			return
-		}
+	start := time.Now()
+	if name := pluginOf(r.URL.EscapedPath()); name != "" {
+		s.servePlugin(w, r)
+		s.metrics.observe(r, name, time.Since(start))
+		return
 	}
 	s.mux.ServeHTTP(w, r)
+	s.metrics.observe(r, "", time.Since(start))
 }
 
 // Run runs the background tasks until ctx ends: the expired-session sweeper,
@@ -247,6 +256,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.opts.Tokens.Run(ctx) })
+	if s.tls != nil {
+		wg.Go(func() { s.tls.run(ctx) })
+	}
 	for _, p := range s.plugins {
 		if r, ok := p.(plugin.Runner); ok {
 			wg.Go(func() { r.Run(ctx) })
@@ -311,18 +323,12 @@ func (s *Server) limited(l *limiter, h http.HandlerFunc) http.Handler {
 		if v.global {
 			from = "to this server from all clients"
 		}
+		limit := "client"
+		if v.global {
+			limit = "global"
+		}
+		s.metrics.rateLimited.WithLabelValues(s.limitGroup(l), limit).Inc()
 		s.log.Info("rate limited", "path", r.URL.Path, "client", v.client, "global", v.global, "retry_in", v.wait.Round(time.Millisecond))
 		writeProblem(w, http.StatusTooManyRequests, ProblemRateLimited, fmt.Sprintf("too many requests %s; retry in %v", from, v.wait.Round(time.Millisecond)))
 	})
-}
-
-func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	// A read proves the store answers.
-	if _, err := s.store.JoinTokens().List(r.Context()); err != nil {
-		s.log.Error("health check: store", "err", err)
-		writeProblem(w, http.StatusServiceUnavailable, ProblemInternal, "store unavailable")
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
 }

@@ -31,6 +31,8 @@ const (
 	credScoped
 	// credSVID is a JWT-SVID from the svid plugin (token service only).
 	credSVID
+	// credX509SVID is an X.509-SVID presented as a TLS client certificate.
+	credX509SVID
 )
 
 // String is the kind as the policy input's "credential" names it.
@@ -42,6 +44,8 @@ func (k credKind) String() string {
 		return "scoped"
 	case credSVID:
 		return "jwt-svid"
+	case credX509SVID:
+		return "x509-svid"
 	}
 	return "unknown"
 }
@@ -113,11 +117,15 @@ func (c *tokenCache) put(k [sha256.Size]byte, e *callerEntry, now time.Time) {
 
 // authAttested authenticates a caller of a plugin endpoint: the
 // attestation token or a scoped token for the broker's own service, as a
-// bearer token, or else the attested session that the kbs-session-id
+// bearer token; else an X.509-SVID client certificate chained to the
+// broker's bundle; else the attested session that the kbs-session-id
 // cookie names.
 func (s *Server) authAttested(r *http.Request) (*callerEntry, *authFailure) {
 	if raw, ok := bearer(r); ok {
 		return s.verifyCaller(raw, credAttestation|credScoped)
+	}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && s.opts.ClientSVIDs != nil {
+		return s.verifyClientSVID(r.TLS.PeerCertificates)
 	}
 	return s.sessionCaller(r)
 }

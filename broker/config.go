@@ -29,8 +29,14 @@ func DefaultConfigTOML() string { return defaultTOML }
 
 // Config is the server's configuration file.
 type Config struct {
-	Listen string      `toml:"listen"`
-	Store  StoreConfig `toml:"store"`
+	Listen string `toml:"listen"`
+	// InsecureHTTP allows cleartext HTTP (tls.mode = "off") on an address
+	// beyond loopback, for a broker behind a TLS-terminating proxy.
+	// Trustee's KBS names this setting alike.
+	InsecureHTTP bool `toml:"insecure_http"`
+	// TLS is how the broker serves HTTPS.
+	TLS   TLSConfig   `toml:"tls"`
+	Store StoreConfig `toml:"store"`
 	// ShutdownGrace bounds the graceful shutdown, e.g. "10s".
 	ShutdownGrace Duration `toml:"shutdown_grace"`
 	// TrustDomain is the SPIFFE trust domain of granted identities.
@@ -244,6 +250,7 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		p.Addf("listen = %q: want host:port, such as \"127.0.0.1:8080\" (%v)", c.Listen, err)
 	}
+	c.validateTLS(&p)
 	switch c.Store.Driver {
 	case "sqlite":
 		if c.Store.Path == "" {

@@ -209,6 +209,11 @@ func (s *Server) servePlugin(w http.ResponseWriter, r *http.Request) {
 		}
 		req.Caller = ent.caller
 		o.caller = &req.Caller
+		if ent.kind == credX509SVID {
+			// The answer travels in the TLS session that the SVID's key
+			// authenticated, to its holder only.
+			encrypt = false
+		}
 		if ent.kind == credScoped && (!named || !auth.Covers(ent.access, []auth.Scope{need})) {
 			w.Header().Set("WWW-Authenticate", s.challenge(false, scope, "insufficient_scope"))
 			detail := fmt.Sprintf("the scoped token does not grant %s", scope)

@@ -288,6 +288,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("consume nonce: %w", err))
 		return
 	}
+	noteAttestor(r, sess.TEE)
 	a, ok := s.attestors[sess.TEE]
 	if !ok {
 		s.fail(w, r, rejectf("tee %q of this session is no longer enabled", sess.TEE))
@@ -408,7 +409,7 @@ func selectorStrings(sel []store.Selector) []string {
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var re *rcarError
 	if errors.As(err, &re) {
-		s.log.Debug("rcar rejected", "path", r.URL.Path, "peer", r.RemoteAddr, "err", re.detail)
+		s.log.Info("rcar rejected", "path", r.URL.Path, "peer", r.RemoteAddr, "reason", re.detail)
 		writeProblem(w, http.StatusUnauthorized, re.typ, re.detail)
 		return
 	}

@@ -86,6 +86,10 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	tlsSide, clientSVIDs, err := setupTLS(ctx, cfg, td, st, sealer, plugins, log)
+	if err != nil {
+		return nil, err
+	}
 	var ts *TokenServiceOptions
 	if c := cfg.TokenService; c.Enabled {
 		ts = &TokenServiceOptions{Realm: cfg.RealmURL(), Service: c.Service, Services: c.Services, X5CServices: c.X5CServices,
@@ -96,9 +100,9 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 			}
 		}
 	}
-	return New(Options{
-		TokenService: ts,
-		Plugins:      plugins, Policy: pol, MaxBodyBytes: cfg.Plugins.MaxBodyBytes, Metrics: reg,
+	srv, err := New(Options{
+		TokenService: ts, ClientSVIDs: clientSVIDs,
+		Plugins: plugins, Policy: pol, MaxBodyBytes: cfg.Plugins.MaxBodyBytes, Metrics: reg,
 		Store: st, Log: log, TrustDomain: td, Issuer: cfg.Issuer,
 		Attestors: attestors, Tokens: tokens, Admin: admin,
 		SessionTTL: cfg.Session.TTL.Duration, TokenTTL: cfg.Token.TTL.Duration,
@@ -108,6 +112,11 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 			IPv4Prefix: cfg.RateLimit.IPv4Prefix, IPv6Prefix: cfg.RateLimit.IPv6Prefix,
 			GlobalPerSecond: cfg.RateLimit.GlobalPerSecond, GlobalBurst: cfg.RateLimit.GlobalBurst},
 	})
+	if err != nil {
+		return nil, err
+	}
+	srv.tls = tlsSide
+	return srv, nil
 }
 
 // buildAttestors constructs the enabled attestors. Each new attestor adds a

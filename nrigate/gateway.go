@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/nri/pkg/adaptation"
@@ -52,6 +53,8 @@ type Gateway struct {
 
 	mu   sync.Mutex
 	stub stub.Stub // the live upstream connection, or nil
+	// serving is true while the plugins' socket accepts (see Ready).
+	serving atomic.Bool
 }
 
 // New builds a gateway from a validated configuration. Metrics are
@@ -180,6 +183,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 		_ = aln.Close()
 	})
 	g.log.Info("accepting plugins", "socket", g.cfg.Socket)
+	g.serving.Store(true)
+	defer g.serving.Store(false)
 	for {
 		conn, err := aln.Accept()
 		if err != nil {

@@ -46,8 +46,9 @@ type Input struct {
 	Claims     Claims              `json:"claims"`
 	// Credential is what authenticated the caller: "attestation" (the
 	// attestation token), "scoped" (a scoped token from the token
-	// service) or "jwt-svid" (a JWT-SVID, token service only). Omitted
-	// when empty.
+	// service), "jwt-svid" (a JWT-SVID, token service only) or
+	// "x509-svid" (an X.509-SVID as TLS client certificate, plugin
+	// endpoints only). Omitted when empty.
 	Credential string `json:"credential,omitempty"`
 	// Service is the requested token's audience (token service only).
 	Service string `json:"service,omitempty"`

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -13,9 +14,9 @@ import (
 	"github.com/trustgate/trustgate/telemetry"
 )
 
-// serveMetrics serves reg on addr in grp until ctx ends; an empty addr
-// serves nothing.
-func serveMetrics(ctx context.Context, grp *errgroup.Group, log *slog.Logger, addr string, reg *prometheus.Registry, opts serve.Options) error {
+// serveMetrics serves reg's /metrics, and /healthz and /readyz answered by
+// ready, on addr in grp until ctx ends; an empty addr serves nothing.
+func serveMetrics(ctx context.Context, grp *errgroup.Group, log *slog.Logger, addr string, reg *prometheus.Registry, opts serve.Options, ready func(context.Context) error) error {
 	if addr == "" {
 		return nil
 	}
@@ -24,6 +25,9 @@ func serveMetrics(ctx context.Context, grp *errgroup.Group, log *slog.Logger, ad
 		return fmt.Errorf("metrics listen: %w", err)
 	}
 	log.Info("metrics listening", "addr", "http://"+ln.Addr().String()+"/metrics")
-	grp.Go(func() error { return serve.HTTP(ctx, log, "metrics", ln, telemetry.MetricsHandler(reg), opts) })
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", telemetry.MetricsHandler(reg))
+	serve.HandleHealth(mux, log, ready)
+	grp.Go(func() error { return serve.HTTP(ctx, log, "metrics", ln, mux, opts) })
 	return nil
 }

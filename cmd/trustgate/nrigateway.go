@@ -44,7 +44,7 @@ func newNRIGatewayCmd(g *globalFlags) *cobra.Command {
 				return err
 			}
 			grp, ctx := errgroup.WithContext(cmd.Context())
-			if err := serveMetrics(ctx, grp, log, metricsAddr, reg, serve.Options{}); err != nil {
+			if err := serveMetrics(ctx, grp, log, metricsAddr, reg, serve.Options{}, gw.Ready); err != nil {
 				return err
 			}
 			grp.Go(func() error { return gw.Run(ctx) })
@@ -56,6 +56,6 @@ func newNRIGatewayCmd(g *globalFlags) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "TOML configuration file")
 	f.BoolVar(&printDefault, "print-default-config", false, "print a commented default configuration and exit")
-	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port)")
+	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (host:port)")
 	return cmd
 }

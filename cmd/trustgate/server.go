@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -57,6 +58,8 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 					return fmt.Errorf("dev mode: %w", err)
 				}
 				cfg.Admin = broker.AdminConfig{PublicKeyFile: devAdmin.PublicKeyFile}
+				// Cleartext on loopback keeps the README's curl examples short.
+				cfg.TLS.Mode = broker.TLSModeOff
 				cfg.Attestors.Sample.Enabled = true
 				cfg.RateLimit.PerSecond, cfg.RateLimit.GlobalPerSecond = 0, 0
 				cfg.Policy.Default = "sample-dev"
@@ -95,6 +98,9 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				return fmt.Errorf("listen: %w", err)
 			}
 			addr := "http://" + ln.Addr().String()
+			if cfg.TLS.Mode != broker.TLSModeOff {
+				addr = "https://" + ln.Addr().String()
+			}
 			if dev {
 				// The token service's realm is where this server listens.
 				cfg.TokenService.Enabled = true
@@ -106,7 +112,12 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				_ = ln.Close()
 				return err
 			}
-			log.Info("broker listening", "addr", addr, "store", cfg.Store.Describe(), "dev", dev)
+			if tc := srv.TLSConfig(); tc != nil {
+				ln = tls.NewListener(ln, tc)
+			} else if !dev {
+				log.Warn("serving cleartext HTTP: tokens and secrets cross the network unencrypted unless a TLS proxy fronts this address", "addr", addr, "insecure_http", cfg.InsecureHTTP)
+			}
+			log.Info("broker listening", "addr", addr, "tls", cfg.TLS.String(), "store", cfg.Store.Describe(), "dev", dev)
 			if dev {
 				fmt.Fprintf(out, "trustgate server (dev mode)\n  API:    %s\n  store:  %s\n  try:    curl %s/healthz\n", addr, cfg.Store.Path, addr)
 				fmt.Fprintf(out, "  admin token (24h):\n    export TRUSTGATE_ADMIN_TOKEN=%s\n", devAdmin.Token)
@@ -120,7 +131,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			grp, ctx := errgroup.WithContext(ctx)
 			grp.Go(func() error { return serve.HTTP(ctx, log, "broker", ln, srv, opts) })
 			grp.Go(func() error { srv.Run(ctx); return nil })
-			if err := serveMetrics(ctx, grp, log, metricsAddr, reg, opts); err != nil {
+			if err := serveMetrics(ctx, grp, log, metricsAddr, reg, opts, srv.Ready); err != nil {
 				_ = ln.Close()
 				return err
 			}
@@ -131,12 +142,13 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			return err
 		},
 	}
+	cmd.AddCommand(newServerBundleCmd())
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "TOML configuration file")
 	f.BoolVar(&dev, "dev", false, "run on embedded defaults: a fresh SQLite store in a temporary directory, generated keys")
 	f.BoolVar(&printDefault, "print-default-config", false, "print a commented default configuration and exit")
 	f.BoolVar(&createSealKey, "create-seal-key", false, "create the configured keys.seal_key_file (mode 0600) and exit; never overwrites")
 	f.StringVar(&listen, "listen", "", "override the configured listen address (host:port)")
-	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (host:port)")
+	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (host:port)")
 	return cmd
 }
