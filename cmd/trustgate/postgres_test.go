@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,11 +18,12 @@ import (
 	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/store/postgres/pgtest"
+	"github.com/trustgate/trustgate/tlsclient"
 )
 
 // TestServerOnPostgres runs `trustgate server` as a real process with
 // [store] driver = "postgres" and the DSN in an environment variable: it
-// must migrate the database, answer /healthz from it, and stop on SIGTERM.
+// must migrate the database, answer /readyz from it over TLS, and stop on SIGTERM.
 func TestServerOnPostgres(t *testing.T) {
 	dsn := pgtest.Schema(t)
 	dir := t.TempDir()
@@ -45,7 +45,9 @@ max_conns = 4
 seal_key_file = %q
 [admin]
 public_key_file = %q
-`, sealKey, admin.PublicKeyFile)), 0o600); err != nil {
+[tls]
+bundle_file = %q
+`, sealKey, admin.PublicKeyFile, filepath.Join(dir, "bundle.pem"))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := command("server", "--config", cfg, "--metrics-addr", "127.0.0.1:0", "--log-format", "json")
@@ -76,14 +78,19 @@ public_key_file = %q
 	}
 	rest := make(chan string, 1)
 	go func() { b, _ := io.ReadAll(stderr); rest <- string(b) }()
-	resp, err := http.Get(api + "/healthz")
+	client, err := tlsclient.HTTPClient(tlsclient.Options{TrustBundlePath: filepath.Join(dir, "bundle.pem")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// /readyz answers from the store.
+	resp, err := client.Get(api + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), `"ok"`) {
-		t.Fatalf("healthz: %d %s", resp.StatusCode, body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"ready"`) {
+		t.Fatalf("readyz: %d %s", resp.StatusCode, body)
 	}
 	// The server migrated the schema the DSN names.
 	conn, err := pgx.Connect(context.Background(), dsn)
