@@ -92,6 +92,12 @@ type Options struct {
 	// TokenService, when set, serves GET and POST /token and makes plugin
 	// endpoints challenge for, and accept, scoped tokens.
 	TokenService *TokenServiceOptions
+	// PolicyFile, when set, is where the operator keeps the resource
+	// policy: it is put in force at start-up and whenever it changes
+	// (polled every PolicyFilePoll, default DefaultPolicyFilePoll), and
+	// POST /kbs/v0/resource-policy is refused.
+	PolicyFile     string
+	PolicyFilePoll time.Duration
 }
 
 // Server is the broker's HTTP API.
@@ -173,6 +179,15 @@ func New(opts Options) (*Server, error) {
 		}
 		s.policy = pe
 	}
+	if opts.PolicyFile != "" {
+		text, err := LoadPolicyFile(context.Background(), opts.PolicyFile)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.applyPolicyFile(context.Background(), text); err != nil {
+			return nil, err
+		}
+	}
 	s.maxBody = opts.MaxBodyBytes
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
@@ -247,6 +262,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.opts.Tokens.Run(ctx) })
+	if s.opts.PolicyFile != "" {
+		wg.Go(func() { s.watchPolicyFile(ctx) })
+	}
 	for _, p := range s.plugins {
 		if r, ok := p.(plugin.Runner); ok {
 			wg.Go(func() { r.Run(ctx) })

@@ -97,6 +97,7 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 		}
 	}
 	return New(Options{
+		PolicyFile:   cfg.Policy.PolicyPath,
 		TokenService: ts,
 		Plugins:      plugins, Policy: pol, MaxBodyBytes: cfg.Plugins.MaxBodyBytes, Metrics: reg,
 		Store: st, Log: log, TrustDomain: td, Issuer: cfg.Issuer,
@@ -210,9 +211,14 @@ func NewDevAdmin(dir string, ttl time.Duration) (DevAdmin, error) {
 	return DevAdmin{PublicKeyFile: path, Token: tok}, nil
 }
 
-// SignAdminToken signs an ES256 admin token for subject, valid for ttl.
+// SignAdminToken signs an ES256 admin token for subject, valid for ttl;
+// its "kid" is AdminKeyID of the key.
 func SignAdminToken(priv *ecdsa.PrivateKey, subject string, ttl time.Duration) (string, error) {
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: priv}, (&jose.SignerOptions{}).WithType("JWT"))
+	kid, err := AdminKeyID(&priv.PublicKey)
+	if err != nil {
+		return "", err
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: priv}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
 	if err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}

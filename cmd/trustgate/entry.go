@@ -10,23 +10,6 @@ import (
 	"github.com/trustgate/trustgate/broker"
 )
 
-// adminFlags are the flags of commands that call the admin API.
-type adminFlags struct {
-	server, token string
-}
-
-func (a *adminFlags) register(cmd *cobra.Command) {
-	cmd.PersistentFlags().StringVar(&a.server, "server", "http://127.0.0.1:8080", "broker base URL")
-	cmd.PersistentFlags().StringVar(&a.token, "admin-token", "", "admin bearer token (a JWT with role \"admin\")")
-}
-
-func (a *adminFlags) client() (*broker.AdminClient, error) {
-	if a.token == "" {
-		return nil, fmt.Errorf("--admin-token is required (trustgate server --dev prints one)")
-	}
-	return &broker.AdminClient{Server: a.server, Token: a.token}, nil
-}
-
 func printJSON(cmd *cobra.Command, v any) error {
 	enc := json.NewEncoder(cmd.OutOrStdout())
 	enc.SetIndent("", "  ")

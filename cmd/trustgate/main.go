@@ -68,6 +68,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newKeygenCmd(),
 		newEntryCmd(),
 		newJoinTokenCmd(),
+		newAdminCmd(),
+		newPolicyCmd(),
 	)
 	return root
 }
