@@ -228,7 +228,7 @@ func TestPolicyFileBrokenAtStart(t *testing.T) {
 		t.Fatalf("broken policy file: %v", err)
 	}
 	_, err = broker.LoadPolicyFile(context.Background(), file+".missing")
-	if err == nil || !strings.Contains(err.Error(), "policy.policy_path") {
+	if err == nil || !strings.Contains(err.Error(), file+".missing") {
 		t.Fatalf("missing policy file: %v", err)
 	}
 }

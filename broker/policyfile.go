@@ -34,7 +34,7 @@ func policyFileError(path string, err error) error {
 func LoadPolicyFile(ctx context.Context, path string) (string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("policy.policy_path: %w (write the rego policy there; `trustgate policy test` checks one offline)", err)
+		return "", fmt.Errorf("policy file: %w (write the rego policy there; `trustgate policy test` checks one offline)", err)
 	}
 	if _, err := policy.Compile(ctx, string(data)); err != nil {
 		return "", policyFileError(path, err)

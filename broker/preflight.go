@@ -45,7 +45,7 @@ func Preflight(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Policy.PolicyPath != "" {
 		if _, err := LoadPolicyFile(ctx, cfg.Policy.PolicyPath); err != nil {
-			p.Addf("%v", err)
+			p.Addf("policy.policy_path: %v", err)
 		}
 	}
 	def := DefaultConfig()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/policy"
 )
 
@@ -63,13 +64,13 @@ func newPolicyCmd() *cobra.Command {
 			if policyFile == "" || inputFile == "" {
 				return fmt.Errorf("--policy FILE and --input FILE are required")
 			}
-			text, err := os.ReadFile(policyFile)
+			text, err := broker.LoadPolicyFile(cmd.Context(), policyFile)
 			if err != nil {
 				return err
 			}
-			prep, err := policy.Compile(cmd.Context(), string(text))
+			prep, err := policy.Compile(cmd.Context(), text)
 			if err != nil {
-				return fmt.Errorf("%s: %w", policyFile, err)
+				return err
 			}
 			data, err := readArg(cmd, inputFile)
 			if err != nil {
