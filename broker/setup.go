@@ -80,7 +80,7 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 	def := policy.DenyAll
 	if cfg.Policy.Default == "sample-dev" {
 		def = policy.SampleDev
-		log.Warn("the sample-dev resource policy is in force: callers attested by the sample TEE may read resources, get Nebula certificates and SVIDs, and pull and push on the dev registry "+policy.DevRegistry)
+		log.Warn("the sample-dev resource policy is in force: callers attested by the sample TEE may read resources, get Nebula certificates and SVIDs, and pull and push on the dev registry " + policy.DevRegistry)
 	}
 	pol, err := policy.New(ctx, policy.Options{Store: st.Policies(), Default: def, Log: log})
 	if err != nil {
