@@ -7,11 +7,14 @@ import (
 	"crypto/rand"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/trustgate/trustgate/pluginauth"
 )
 
 // TestAdminJWKSOnlyOverHTTPS checks that the admin verifier refuses an http
@@ -95,5 +98,76 @@ func TestAdminSocketOnlyRefusesTokens(t *testing.T) {
 	tok, _ := SignAdminToken(priv, "x", time.Minute)
 	if _, err := v.Verify(context.Background(), tok); err == nil || !strings.Contains(err.Error(), "admin socket") {
 		t.Fatalf("token with no admin key configured: %v", err)
+	}
+}
+
+// The admin socket admits root and the broker's own user only, and no peer
+// whose credentials are unknown.
+func TestSocketPeerAllowed(t *testing.T) {
+	for _, tc := range []struct {
+		uid, euid uint32
+		known     bool
+		want      bool
+	}{
+		{0, 1000, true, true},
+		{1000, 1000, true, true},
+		{1001, 1000, true, false},
+		{65534, 0, true, false},
+		{0, 0, false, false},
+	} {
+		if got := socketPeerAllowed(pluginauth.PeerCred{UID: tc.uid}, tc.known, tc.euid); got != tc.want {
+			t.Errorf("uid %d, broker uid %d, known %v: %v, want %v", tc.uid, tc.euid, tc.known, got, tc.want)
+		}
+	}
+}
+
+// `admin key create` adds keys to a JWKS file; tokens of each key verify
+// by kid, and a key that was not added does not.
+func TestAdminKeysInJWKSFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := AdminConfig{JWKSFile: filepath.Join(dir, "admin.jwks")}
+	var keys []*ecdsa.PrivateKey
+	for _, n := range []string{"a.key", "b.key"} {
+		if _, err := CreateAdminKey(filepath.Join(dir, n), cfg); err != nil {
+			t.Fatal(err)
+		}
+		k, err := LoadAdminSigningKey(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	if fi, err := os.Stat(cfg.JWKSFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("jwks file: %v %v", fi, err)
+	}
+	if _, err := CreateAdminKey(filepath.Join(dir, "a.key"), cfg); err == nil {
+		t.Fatal("an existing private key was overwritten")
+	}
+	v, err := NewAdminVerifier(cfg, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range keys {
+		tok, _ := SignAdminToken(k, "x", time.Minute)
+		if _, err := v.Verify(context.Background(), tok); err != nil {
+			t.Errorf("key %d: %v", i, err)
+		}
+	}
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tok, _ := SignAdminToken(other, "x", time.Minute)
+	if _, err := v.Verify(context.Background(), tok); err == nil {
+		t.Error("a key not in the JWKS verified")
+	}
+	// One public key file trusts one key: a second create is refused and
+	// leaves no private key behind.
+	single := AdminConfig{PublicKeyFile: filepath.Join(dir, "admin.pub")}
+	if _, err := CreateAdminKey(filepath.Join(dir, "c.key"), single); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CreateAdminKey(filepath.Join(dir, "d.key"), single); err == nil || !strings.Contains(err.Error(), "jwks_file") {
+		t.Fatalf("second key into public_key_file: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "d.key")); err == nil {
+		t.Error("a refused create left its private key")
 	}
 }

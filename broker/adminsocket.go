@@ -100,7 +100,7 @@ func (s *Server) ServeAdminSocket(ctx context.Context, ln net.Listener) error {
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		pc, ok := r.Context().Value(peerCredKey{}).(pluginauth.PeerCred)
-		if !ok || (pc.UID != 0 && pc.UID != euid) {
+		if !socketPeerAllowed(pc, ok, euid) {
 			s.log.Warn("admin socket: peer refused", "uid", pc.UID, "known", ok)
 			writeProblem(w, http.StatusForbidden, ProblemAdminAccess, "the admin socket admits only root and the broker's own user")
 			return
@@ -124,6 +124,12 @@ func (s *Server) ServeAdminSocket(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("admin socket: %w", err)
 	}
 	return nil
+}
+
+// socketPeerAllowed admits an admin socket peer whose credentials are
+// known and whose uid is 0 or euid, the broker's own.
+func socketPeerAllowed(pc pluginauth.PeerCred, known bool, euid uint32) bool {
+	return known && (pc.UID == 0 || pc.UID == euid)
 }
 
 // peerCredKey holds the admin socket peer's credentials in a connection's

@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -39,4 +40,27 @@ func TestDurationStringWithoutUnit(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `line 2`) || !strings.Contains(err.Error(), `key "session.ttl"`) {
 		t.Fatalf("error = %v, want line 2 and key session.ttl", err)
 	}
+}
+
+// FuzzDecodeDurations: decoding any document into a type with durations
+// never panics, and a refused duration always says what a duration is.
+func FuzzDecodeDurations(f *testing.F) {
+	for _, s := range []string{
+		"[session]\nttl = 300\n",
+		"[session]\nttl = \"5\"\nsweep = 5\n",
+		"name = 300\n[session]\nttl = 300\n",
+		"[session]\nttl = 1.5\n",
+		"[[session]]\nttl = 3\n",
+		"a.b.c = 1\n[session]\nttl = \"1h\"\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var d durDoc
+		err := config.Decode(data, &d)
+		var de *config.DurationError
+		if errors.As(err, &de) && !strings.Contains(err.Error(), "not a duration") {
+			t.Fatalf("duration error without its explanation: %v", err)
+		}
+	})
 }
