@@ -171,3 +171,29 @@ func TestAdminKeysInJWKSFile(t *testing.T) {
 		t.Error("a refused create left its private key")
 	}
 }
+
+// A broker with admin.audience accepts tokens minted for it and refuses
+// tokens without that audience.
+func TestAdminTokenAudience(t *testing.T) {
+	dir := t.TempDir()
+	cfg := AdminConfig{PublicKeyFile: filepath.Join(dir, "admin.pub"), Audience: "trustgate-admin"}
+	if _, err := CreateAdminKey(filepath.Join(dir, "admin.key"), cfg); err != nil {
+		t.Fatal(err)
+	}
+	priv, err := LoadAdminSigningKey(filepath.Join(dir, "admin.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewAdminVerifier(cfg, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	with, _ := SignAdminTokenFor(priv, "a", "trustgate-admin", time.Minute)
+	if _, err := v.Verify(context.Background(), with); err != nil {
+		t.Fatalf("token for the audience: %v", err)
+	}
+	without, _ := SignAdminToken(priv, "a", time.Minute)
+	if _, err := v.Verify(context.Background(), without); err == nil {
+		t.Fatal("token without the audience accepted")
+	}
+}

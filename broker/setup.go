@@ -214,6 +214,12 @@ func NewDevAdmin(dir string, ttl time.Duration) (DevAdmin, error) {
 // SignAdminToken signs an ES256 admin token for subject, valid for ttl;
 // its "kid" is AdminKeyID of the key.
 func SignAdminToken(priv *ecdsa.PrivateKey, subject string, ttl time.Duration) (string, error) {
+	return SignAdminTokenFor(priv, subject, "", ttl)
+}
+
+// SignAdminTokenFor is SignAdminToken with an "aud" claim when audience is
+// not empty (for a broker that sets admin.audience).
+func SignAdminTokenFor(priv *ecdsa.PrivateKey, subject, audience string, ttl time.Duration) (string, error) {
 	kid, err := AdminKeyID(&priv.PublicKey)
 	if err != nil {
 		return "", err
@@ -223,8 +229,11 @@ func SignAdminToken(priv *ecdsa.PrivateKey, subject string, ttl time.Duration) (
 		return "", fmt.Errorf("admin token: %w", err)
 	}
 	now := time.Now()
-	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Subject: subject, IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(ttl))}).
-		Claims(map[string]any{"role": AdminRole}).Serialize()
+	claims := jwt.Claims{Subject: subject, IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(ttl))}
+	if audience != "" {
+		claims.Audience = jwt.Audience{audience}
+	}
+	tok, err := jwt.Signed(signer).Claims(claims).Claims(map[string]any{"role": AdminRole}).Serialize()
 	if err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}

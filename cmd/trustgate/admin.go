@@ -67,8 +67,8 @@ func newAdminCmd() *cobra.Command {
 	key.AddCommand(create)
 
 	var (
-		signKey, subject string
-		ttl              time.Duration
+		signKey, subject, audience string
+		ttl                        time.Duration
 	)
 	token := &cobra.Command{
 		Use:   "token",
@@ -88,7 +88,7 @@ func newAdminCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tok, err := broker.SignAdminToken(priv, subject, ttl)
+			tok, err := broker.SignAdminTokenFor(priv, subject, audience, ttl)
 			if err != nil {
 				return err
 			}
@@ -100,6 +100,7 @@ func newAdminCmd() *cobra.Command {
 	tf.StringVar(&signKey, "key", "", "the admin signing key (from `trustgate admin key create`)")
 	tf.DurationVar(&ttl, "ttl", 15*time.Minute, "token lifetime; the broker refuses more than its admin.max_token_ttl (default 1h)")
 	tf.StringVar(&subject, "subject", "admin", "the token's \"sub\", recorded in the broker's log")
+	tf.StringVar(&audience, "audience", "", "the token's \"aud\": the broker's admin.audience, when it sets one")
 	cmd.AddCommand(key, token)
 	return cmd
 }
