@@ -60,31 +60,27 @@ func ListenAdminSocket(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// adminSocketHandler serves the admin API (/admin/v1/... and
-// /kbs/v0/resource-policy) without a token, to the callers of the admin
-// socket; every other path is 404. Only ServeAdminSocket serves it.
-func (s *Server) adminSocketHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, "/admin/") && r.URL.Path != "/kbs/v0/resource-policy" {
-			writeProblem(w, http.StatusNotFound, ProblemInvalidPath, "the admin socket serves only the admin API")
-			return
-		}
-		peer, ok := r.Context().Value(localAdminKey{}).(string)
-		if !ok {
-			peer = "admin socket"
-		}
-		s.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), localAdminKey{}, peer)))
-	})
-}
-
-// ServeAdminSocket serves the admin API on ln, without a token, until ctx ends. A peer
-// whose uid is neither 0 nor the broker's own is refused, whatever the
-// socket's mode.
+// ServeAdminSocket serves the admin API (/admin/v1/... and
+// /kbs/v0/resource-policy; every other path is 404) on ln, a listener from
+// ListenAdminSocket, without a token, until ctx ends. A peer whose uid is
+// neither 0 nor the broker's own is refused, whatever the socket's mode.
 func (s *Server) ServeAdminSocket(ctx context.Context, ln net.Listener) error {
 	euid := uint32(os.Geteuid())
-	h := s.adminSocketHandler()
 	srv := &http.Server{
-		Handler:           h,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			pc, ok := r.Context().Value(peerCredKey{}).(pluginauth.PeerCred)
+			if !socketPeerAllowed(pc, ok, euid) {
+				s.log.Warn("admin socket: peer refused", "uid", pc.UID, "known", ok)
+				writeProblem(w, http.StatusForbidden, ProblemAdminAccess, "the admin socket admits only root and the broker's own user")
+				return
+			}
+			if !strings.HasPrefix(r.URL.Path, "/admin/") && r.URL.Path != "/kbs/v0/resource-policy" {
+				writeProblem(w, http.StatusNotFound, ProblemInvalidPath, "the admin socket serves only the admin API")
+				return
+			}
+			peer := fmt.Sprintf("admin socket uid=%d pid=%d", pc.UID, pc.PID)
+			s.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), localAdminKey{}, peer)))
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -98,16 +94,6 @@ func (s *Server) ServeAdminSocket(ctx context.Context, ln net.Listener) error {
 		},
 		BaseContext: func(net.Listener) context.Context { return ctx },
 	}
-	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		pc, ok := r.Context().Value(peerCredKey{}).(pluginauth.PeerCred)
-		if !socketPeerAllowed(pc, ok, euid) {
-			s.log.Warn("admin socket: peer refused", "uid", pc.UID, "known", ok)
-			writeProblem(w, http.StatusForbidden, ProblemAdminAccess, "the admin socket admits only root and the broker's own user")
-			return
-		}
-		r = r.WithContext(context.WithValue(r.Context(), localAdminKey{}, fmt.Sprintf("admin socket uid=%d pid=%d", pc.UID, pc.PID)))
-		h.ServeHTTP(w, r)
-	})
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

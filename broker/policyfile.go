@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -55,45 +56,41 @@ func (s *Server) applyPolicyFile(ctx context.Context, text string) error {
 	return nil
 }
 
-// watchPolicyFile polls the policy file until ctx ends and puts each new
-// text that compiles in force. A text that does not compile, or a file
-// that cannot be read, is logged (with line and column) and the policy in
-// force stays.
+// watchPolicyFile reads the policy file every PolicyFilePoll until ctx
+// ends and puts each new text that compiles in force. A text that does not
+// compile, or a file that cannot be read, is logged once (with line and
+// column) and the policy in force stays. The file is compared by content,
+// not by modification time, so that no change is missed whatever the
+// file system's time resolution.
 func (s *Server) watchPolicyFile(ctx context.Context) {
 	path := s.opts.PolicyFile
 	every := s.opts.PolicyFilePoll
 	if every <= 0 {
 		every = DefaultPolicyFilePoll
 	}
-	var last os.FileInfo
-	if fi, err := os.Stat(path); err == nil {
-		last = fi
-	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var seen []byte
+	var readErr string
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		fi, err := os.Stat(path)
-		if err != nil {
-			if last != nil {
-				s.log.Warn("policy file unreadable; keeping the policy in force", "file", path, "err", err)
-			}
-			last = nil
-			continue
-		}
-		if last != nil && fi.ModTime().Equal(last.ModTime()) && fi.Size() == last.Size() && os.SameFile(fi, last) {
-			continue
-		}
-		last = fi
 		data, err := os.ReadFile(path)
 		if err != nil {
-			s.log.Warn("policy file unreadable; keeping the policy in force", "file", path, "err", err)
+			if err.Error() != readErr {
+				s.log.Warn("policy file unreadable; keeping the policy in force", "file", path, "err", err)
+				readErr = err.Error()
+			}
 			continue
 		}
+		readErr = ""
+		if seen != nil && bytes.Equal(data, seen) {
+			continue
+		}
+		seen = data
 		if err := s.applyPolicyFile(ctx, string(data)); err != nil {
 			s.log.Error("policy file rejected; keeping the policy in force", "file", path, "err", err)
 		}
