@@ -133,7 +133,6 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				}
 				log.Info("admin socket listening", "path", cfg.Admin.SocketPath)
 			}
-			started = true
 			log.Info("broker listening", "addr", addr, "store", cfg.Store.Path, "dev", dev)
 			if dev {
 				fmt.Fprintf(out, "trustgate server (dev mode)\n  API:    %s\n  store:  %s\n  try:    curl %s/healthz\n", addr, cfg.Store.Path, addr)
@@ -163,8 +162,12 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			}
 			if err := serveMetrics(ctx, grp, log, metricsAddr, reg, opts); err != nil {
 				_ = ln.Close()
+				if adminLn != nil {
+					_ = adminLn.Close()
+				}
 				return err
 			}
+			started = true
 			err = grp.Wait()
 			if err == nil || context.Cause(ctx) != nil {
 				log.Info("stopped")
