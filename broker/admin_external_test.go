@@ -32,6 +32,7 @@ func signWith(t *testing.T, key *ecdsa.PrivateKey, claims map[string]any) string
 func TestAdminAuth(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	iat := time.Now().Unix()
 	exp := time.Now().Add(time.Hour).Unix()
 	for name, tc := range map[string]struct {
 		token  string
@@ -42,8 +43,11 @@ func TestAdminAuth(t *testing.T) {
 		"other key":     {signWith(t, other, map[string]any{"role": "admin", "exp": exp}), 401},
 		"no exp":        {signWith(t, h.adminKey, map[string]any{"role": "admin"}), 401},
 		"expired":       {signWith(t, h.adminKey, map[string]any{"role": "admin", "exp": time.Now().Add(-time.Hour).Unix()}), 401},
-		"not admin":     {signWith(t, h.adminKey, map[string]any{"role": "viewer", "exp": exp}), 403},
-		"no role":       {signWith(t, h.adminKey, map[string]any{"exp": exp}), 403},
+		"not admin":     {signWith(t, h.adminKey, map[string]any{"role": "viewer", "exp": exp, "iat": iat}), 403},
+		"no role":       {signWith(t, h.adminKey, map[string]any{"exp": exp, "iat": iat}), 403},
+		"no iat":        {signWith(t, h.adminKey, map[string]any{"role": "admin", "exp": exp}), 401},
+		"over max ttl":  {signWith(t, h.adminKey, map[string]any{"role": "admin", "exp": time.Now().Add(2 * time.Hour).Unix(), "iat": iat}), 401},
+		"future iat":    {signWith(t, h.adminKey, map[string]any{"role": "admin", "exp": time.Now().Add(3 * time.Hour).Unix(), "iat": time.Now().Add(2 * time.Hour).Unix()}), 401},
 		"admin":         {h.adminToken(t), 200},
 		"role as array": {signWith(t, h.adminKey, map[string]any{"role": []string{"admin"}, "exp": exp}), 401},
 	} {

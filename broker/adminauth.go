@@ -27,6 +27,16 @@ import (
 // AdminRole is the "role" claim value the admin API requires.
 const AdminRole = "admin"
 
+// AdminClockSkew is the leeway allowed between the clocks of the admin
+// token's signer and the broker: a token is refused once it has been
+// expired for longer than this, and a token issued up to this far in the
+// future is accepted.
+const AdminClockSkew = 30 * time.Second
+
+// DefaultAdminMaxTokenTTL is the longest admin token lifetime ("exp" -
+// "iat") accepted when admin.max_token_ttl is not set.
+const DefaultAdminMaxTokenTTL = time.Hour
+
 // adminAlgs are the JWS algorithms admin tokens may use.
 var adminAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.EdDSA, jose.RS256, jose.PS256}
 
@@ -34,6 +44,7 @@ var adminAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.EdDSA, jo
 // unexpired, with role "admin". It is safe for concurrent use.
 type AdminVerifier struct {
 	audience string
+	maxTTL   time.Duration
 	now      func() time.Time
 	// single is the key of public_key_file, used whatever the token's kid.
 	single crypto.PublicKey
@@ -61,12 +72,15 @@ func NewAdminVerifier(cfg AdminConfig, client *http.Client, now func() time.Time
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	v := &AdminVerifier{audience: cfg.Audience, now: now, client: client, log: log, cacheFor: 5 * time.Minute}
+	v := &AdminVerifier{audience: cfg.Audience, maxTTL: cfg.MaxTokenTTL.Duration, now: now, client: client, log: log, cacheFor: 5 * time.Minute}
+	if v.maxTTL <= 0 {
+		v.maxTTL = DefaultAdminMaxTokenTTL
+	}
 	switch {
 	case cfg.PublicKeyFile != "":
 		data, err := os.ReadFile(cfg.PublicKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("admin public key: %w", err)
+			return nil, fmt.Errorf("admin.public_key_file: %w (create it with `trustgate admin key create --config FILE`, or leave it empty to administer only through admin.socket_path)", err)
 		}
 		k, err := ParsePublicKeyPEM(data)
 		if err != nil {
@@ -76,7 +90,7 @@ func NewAdminVerifier(cfg AdminConfig, client *http.Client, now func() time.Time
 	case cfg.JWKSFile != "":
 		data, err := os.ReadFile(cfg.JWKSFile)
 		if err != nil {
-			return nil, fmt.Errorf("admin JWKS: %w", err)
+			return nil, fmt.Errorf("admin.jwks_file: %w (create it with `trustgate admin key create --config FILE`)", err)
 		}
 		var set jose.JSONWebKeySet
 		if err := json.Unmarshal(data, &set); err != nil {
@@ -88,8 +102,11 @@ func NewAdminVerifier(cfg AdminConfig, client *http.Client, now func() time.Time
 			return nil, errors.New("admin: jwks_url must be an https:// URL")
 		}
 		v.jwksURL = cfg.JWKSURL
+	case cfg.SocketPath != "":
+		// Only the admin socket admits administrators: every token is
+		// refused (see errNoAdminKey).
 	default:
-		return nil, errors.New("admin: set one of public_key_file, jwks_file and jwks_url")
+		return nil, errors.New("admin: set one of public_key_file, jwks_file and jwks_url, or socket_path")
 	}
 	return v, nil
 }
@@ -140,6 +157,9 @@ type adminClaims struct {
 // errAdminRole is a valid token without the admin role (403).
 var errAdminRole = errors.New("token does not carry role \"admin\"")
 
+// errNoAdminKey refuses tokens on a broker that trusts no admin key.
+var errNoAdminKey = errors.New("this broker trusts no admin token key: administer it through its admin socket, or configure admin.public_key_file (`trustgate admin key create`)")
+
 // Verify checks an admin bearer token and returns its subject.
 func (v *AdminVerifier) Verify(ctx context.Context, raw string) (string, error) {
 	tok, err := jwt.ParseSigned(raw, adminAlgs)
@@ -161,12 +181,25 @@ func (v *AdminVerifier) Verify(ctx context.Context, raw string) (string, error) 
 	if std.Expiry == nil {
 		return "", errors.New("token has no exp")
 	}
-	want := jwt.Expected{Time: v.now()}
+	if std.IssuedAt == nil {
+		return "", errors.New("token has no iat: its lifetime cannot be checked")
+	}
+	now := v.now()
+	want := jwt.Expected{Time: now}
 	if v.audience != "" {
 		want.AnyAudience = jwt.Audience{v.audience}
 	}
-	if err := std.ValidateWithLeeway(want, 30*time.Second); err != nil {
+	if err := std.ValidateWithLeeway(want, AdminClockSkew); err != nil {
 		return "", fmt.Errorf("claims: %w", err)
+	}
+	// The lifetime is capped as written, and as measured from now, so
+	// that an iat set in the future cannot stretch it.
+	exp := std.Expiry.Time()
+	if life := exp.Sub(std.IssuedAt.Time()); life > v.maxTTL {
+		return "", fmt.Errorf("token lifetime %v exceeds admin.max_token_ttl (%v): mint a shorter one with `trustgate admin token --ttl`", life, v.maxTTL)
+	}
+	if exp.Sub(now) > v.maxTTL+AdminClockSkew {
+		return "", fmt.Errorf("token expires in %v, beyond admin.max_token_ttl (%v)", exp.Sub(now).Round(time.Second), v.maxTTL)
 	}
 	if ac.Role != AdminRole {
 		return std.Subject, errAdminRole
@@ -177,6 +210,9 @@ func (v *AdminVerifier) Verify(ctx context.Context, raw string) (string, error) 
 func (v *AdminVerifier) key(ctx context.Context, kid string) (any, error) {
 	if v.single != nil {
 		return v.single, nil
+	}
+	if v.jwks == nil && v.jwksURL == "" {
+		return nil, errNoAdminKey
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -227,9 +263,15 @@ func (v *AdminVerifier) fetch(ctx context.Context) error {
 	return nil
 }
 
-// admin wraps an admin handler with bearer-token authentication.
+// admin wraps an admin handler with bearer-token authentication. Requests
+// that came through the admin socket (AdminSocketHandler) need no token.
 func (s *Server) admin(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if peer, ok := localAdmin(r.Context()); ok {
+			s.log.Info("admin request", "method", r.Method, "path", r.URL.Path, "sub", "local", "peer", peer)
+			h(w, r)
+			return
+		}
 		raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || raw == "" {
 			s.log.Info("admin request refused", "method", r.Method, "path", r.URL.Path, "peer", r.RemoteAddr, "reason", "no bearer token")
@@ -246,6 +288,7 @@ func (s *Server) admin(h http.HandlerFunc) http.Handler {
 			return
 		}
 		if err != nil {
+			s.log.Warn("admin token refused", "path", r.URL.Path, "peer", r.RemoteAddr, "reason", err)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="trustgate-admin", error="invalid_token"`)
 			writeProblem(w, http.StatusUnauthorized, ProblemAdminAccess, "admin access denied for endpoint "+r.URL.Path+": "+err.Error())
 			return

@@ -3,24 +3,69 @@ package broker
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
 
-// AdminClient calls the admin API, as `trustgate entry` and
-// `trustgate jointoken` do.
+// AdminClient calls the admin API, as `trustgate entry`, `jointoken` and
+// `policy` do: through the local admin socket without a token when Socket
+// is set, or at Server with the bearer Token.
 type AdminClient struct {
+	// Socket is the broker's admin socket; when set, Server and Token are
+	// not used.
+	Socket string
 	// Server is the broker's base URL, e.g. http://127.0.0.1:8080.
 	Server string
 	// Token is the admin bearer token.
 	Token string
-	// HTTP is the client to use; nil means one with a 30 s timeout.
+	// HTTP is the client to use; nil means one with a 30 s timeout (over
+	// Socket when that is set).
 	HTTP *http.Client
+}
+
+// socketClient is an HTTP client whose every connection goes to the unix
+// socket at path.
+func socketClient(path string) *http.Client {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+}
+
+// GetPolicy returns the resource policy in force and its revision.
+func (c *AdminClient) GetPolicy(ctx context.Context) (string, int64, error) {
+	var text string
+	var rev int64
+	err := c.roundTrip(ctx, http.MethodGet, "/kbs/v0/resource-policy", nil, func(resp *http.Response, data []byte) error {
+		b, err := decodeBase64URL(string(data))
+		if err != nil {
+			return fmt.Errorf("decode policy: %w", err)
+		}
+		text = string(b)
+		rev, _ = strconv.ParseInt(resp.Header.Get("Trustgate-Policy-Revision"), 10, 64)
+		return nil
+	})
+	return text, rev, err
+}
+
+// SetPolicy puts text in force and returns its revision. A text that does
+// not compile is refused with its line and column.
+func (c *AdminClient) SetPolicy(ctx context.Context, text string) (int64, error) {
+	var out struct {
+		Revision int64 `json:"revision"`
+	}
+	err := c.do(ctx, http.MethodPost, "/kbs/v0/resource-policy", map[string]string{"policy": base64.RawURLEncoding.EncodeToString([]byte(text))}, &out)
+	return out.Revision, err
 }
 
 // CreateEntry creates e and returns the stored entry.
@@ -55,6 +100,19 @@ func (c *AdminClient) CreateJoinToken(ctx context.Context, req JoinTokenRequest)
 }
 
 func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) error {
+	return c.roundTrip(ctx, method, path, in, func(_ *http.Response, data []byte) error {
+		if out == nil {
+			return nil
+		}
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+		return nil
+	})
+}
+
+// roundTrip sends in as JSON and hands a successful answer to read.
+func (c *AdminClient) roundTrip(ctx context.Context, method, path string, in any, read func(*http.Response, []byte) error) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -63,16 +121,27 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) 
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.Server, "/")+path, body)
+	base := strings.TrimRight(c.Server, "/")
+	if c.Socket != "" {
+		// The host is a placeholder: every connection goes to the socket.
+		base = "http://admin.sock"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return fmt.Errorf("admin request: %w", err)
 	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if c.Socket == "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	hc := c.HTTP
-	if hc == nil {
+	switch {
+	case hc != nil:
+	case c.Socket != "":
+		hc = socketClient(c.Socket)
+	default:
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
 	resp, err := hc.Do(req)
@@ -91,10 +160,5 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) 
 		}
 		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
 	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-		}
-	}
-	return nil
+	return read(resp, data)
 }

@@ -96,6 +96,12 @@ type Options struct {
 	// present: a caller with one chained to this bundle is authenticated
 	// as its SPIFFE ID (credential "x509-svid"), instead of by a token.
 	ClientSVIDs x509bundle.Source
+	// PolicyFile, when set, is where the operator keeps the resource
+	// policy: it is put in force at start-up and whenever it changes
+	// (polled every PolicyFilePoll, default DefaultPolicyFilePoll), and
+	// POST /kbs/v0/resource-policy is refused.
+	PolicyFile     string
+	PolicyFilePoll time.Duration
 }
 
 // Server is the broker's HTTP API.
@@ -179,6 +185,15 @@ func New(opts Options) (*Server, error) {
 		}
 		s.policy = pe
 	}
+	if opts.PolicyFile != "" {
+		text, err := LoadPolicyFile(context.Background(), opts.PolicyFile)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.applyPolicyFile(context.Background(), text); err != nil {
+			return nil, err
+		}
+	}
 	s.maxBody = opts.MaxBodyBytes
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
@@ -258,6 +273,9 @@ func (s *Server) Run(ctx context.Context) {
 	wg.Go(func() { s.opts.Tokens.Run(ctx) })
 	if s.tls != nil {
 		wg.Go(func() { s.tls.run(ctx) })
+	}
+	if s.opts.PolicyFile != "" {
+		wg.Go(func() { s.watchPolicyFile(ctx) })
 	}
 	for _, p := range s.plugins {
 		if r, ok := p.(plugin.Runner); ok {

@@ -128,6 +128,10 @@ type PolicyConfig struct {
 	// Default is the policy in force until an admin sets one: "deny-all",
 	// or "sample-dev" (the sample TEE may GET resources; for --dev only).
 	Default string `toml:"default"`
+	// PolicyPath, when set, is the rego file that holds the policy: it
+	// replaces Default, is reloaded when it changes, and the admin API
+	// may not set the policy.
+	PolicyPath string `toml:"policy_path"`
 }
 
 // StoreConfig selects and configures the persistent store.
@@ -188,12 +192,18 @@ type KeysConfig struct {
 	SealKeyFile string `toml:"seal_key_file"`
 }
 
-// AdminConfig says how admin API tokens are verified. Exactly one of
-// PublicKeyFile, JWKSFile and JWKSURL is set.
+// AdminConfig says how administrators reach the admin API: through the
+// local socket at SocketPath without a token, and with a bearer token
+// signed by the key of PublicKeyFile, JWKSFile or JWKSURL (at most one).
 type AdminConfig struct {
-	PublicKeyFile string `toml:"public_key_file"`
-	JWKSFile      string `toml:"jwks_file"`
-	JWKSURL       string `toml:"jwks_url"`
+	// SocketPath is the local admin socket (0600, root); empty disables it.
+	SocketPath string `toml:"socket_path"`
+	// MaxTokenTTL is the longest admin token lifetime accepted (0 means
+	// DefaultAdminMaxTokenTTL).
+	MaxTokenTTL   Duration `toml:"max_token_ttl"`
+	PublicKeyFile string   `toml:"public_key_file"`
+	JWKSFile      string   `toml:"jwks_file"`
+	JWKSURL       string   `toml:"jwks_url"`
 	// Audience, when set, must be in the admin token's "aud".
 	Audience string `toml:"audience"`
 }
@@ -313,8 +323,14 @@ func (c *Config) Validate() error {
 			n++
 		}
 	}
-	if n != 1 {
-		p.Addf("admin: set exactly one of public_key_file, jwks_file and jwks_url (%d set)", n)
+	switch {
+	case n > 1:
+		p.Addf("admin: set at most one of public_key_file, jwks_file and jwks_url (%d set)", n)
+	case n == 0 && c.Admin.SocketPath == "":
+		p.Addf("admin: no way to administer this broker: set admin.socket_path (local, no token), or admin.public_key_file (tokens from `trustgate admin token`)")
+	}
+	if c.Admin.MaxTokenTTL.Duration < 0 {
+		p.Addf("admin.max_token_ttl = %q: want a positive duration such as \"1h\" (0 means the default, 1h)", c.Admin.MaxTokenTTL)
 	}
 	if c.Admin.JWKSURL != "" {
 		if u, err := url.Parse(c.Admin.JWKSURL); err != nil || u.Scheme != "https" || u.Host == "" {

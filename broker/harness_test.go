@@ -67,6 +67,10 @@ type harnessOpts struct {
 	// tokenService enables /token; an empty Realm becomes the test
 	// server's /token.
 	tokenService *broker.TokenServiceOptions
+	// policyFile, when set, is Options.PolicyFile, polled every 10ms.
+	policyFile string
+	// log receives the broker's log.
+	log *slog.Logger
 }
 
 func newHarness(t testing.TB, ho harnessOpts) *harness {
@@ -120,6 +124,7 @@ func newHarness(t testing.TB, ho harnessOpts) *harness {
 		Attestors: []attest.Attestor{smp, jointoken.New(st.JoinTokens(), td, c.Now, nil)},
 		Tokens:    tokens, Admin: admin, SessionTTL: time.Minute, TokenTTL: 5 * time.Minute,
 		RateLimit: ho.rate, SweepInterval: ho.sweep, Now: c.Now,
+		PolicyFile: ho.policyFile, PolicyFilePoll: 10 * time.Millisecond, Log: ho.log,
 	}
 	hs := httptest.NewUnstartedServer(nil)
 	if ts := ho.tokenService; ts != nil {

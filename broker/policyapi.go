@@ -20,6 +20,10 @@ const maxPolicyBody = 1 << 20
 // not compile is refused (400) with its line and column, and the policy in
 // force stays.
 func (s *Server) setPolicy(w http.ResponseWriter, r *http.Request) {
+	if f := s.opts.PolicyFile; f != "" {
+		writeProblem(w, http.StatusConflict, ProblemConflict, "the resource policy is kept in the file "+f+" (policy.policy_path): edit that file; the broker reloads it when it changes")
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPolicyBody))
 	if err != nil {
 		writeProblem(w, http.StatusRequestEntityTooLarge, ProblemPayloadTooLarge, fmt.Sprintf("policy request exceeds %d bytes", maxPolicyBody))

@@ -80,7 +80,7 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 	def := policy.DenyAll
 	if cfg.Policy.Default == "sample-dev" {
 		def = policy.SampleDev
-		log.Warn("the sample-dev resource policy is in force: callers attested by the sample TEE may read resources")
+		log.Warn("the sample-dev resource policy is in force: callers attested by the sample TEE may read resources, get Nebula certificates and SVIDs, and pull and push on the dev registry " + policy.DevRegistry)
 	}
 	pol, err := policy.New(ctx, policy.Options{Store: st.Policies(), Default: def, Log: log})
 	if err != nil {
@@ -101,6 +101,7 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 		}
 	}
 	srv, err := New(Options{
+		PolicyFile:   cfg.Policy.PolicyPath,
 		TokenService: ts, ClientSVIDs: clientSVIDs,
 		Plugins: plugins, Policy: pol, MaxBodyBytes: cfg.Plugins.MaxBodyBytes, Metrics: reg,
 		Store: st, Log: log, TrustDomain: td, Issuer: cfg.Issuer,
@@ -219,15 +220,29 @@ func NewDevAdmin(dir string, ttl time.Duration) (DevAdmin, error) {
 	return DevAdmin{PublicKeyFile: path, Token: tok}, nil
 }
 
-// SignAdminToken signs an ES256 admin token for subject, valid for ttl.
+// SignAdminToken signs an ES256 admin token for subject, valid for ttl;
+// its "kid" is AdminKeyID of the key.
 func SignAdminToken(priv *ecdsa.PrivateKey, subject string, ttl time.Duration) (string, error) {
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: priv}, (&jose.SignerOptions{}).WithType("JWT"))
+	return SignAdminTokenFor(priv, subject, "", ttl)
+}
+
+// SignAdminTokenFor is SignAdminToken with an "aud" claim when audience is
+// not empty (for a broker that sets admin.audience).
+func SignAdminTokenFor(priv *ecdsa.PrivateKey, subject, audience string, ttl time.Duration) (string, error) {
+	kid, err := AdminKeyID(&priv.PublicKey)
+	if err != nil {
+		return "", err
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: priv}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
 	if err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
 	now := time.Now()
-	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Subject: subject, IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(ttl))}).
-		Claims(map[string]any{"role": AdminRole}).Serialize()
+	claims := jwt.Claims{Subject: subject, IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(ttl))}
+	if audience != "" {
+		claims.Audience = jwt.Audience{audience}
+	}
+	tok, err := jwt.Signed(signer).Claims(claims).Claims(map[string]any{"role": AdminRole}).Serialize()
 	if err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}

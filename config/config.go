@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -70,6 +71,25 @@ func Decode(data []byte, v any) error {
 		}
 		return fmt.Errorf("line %d, column %d: %s", row, col, de.Error())
 	}
+	var dur *DurationError
+	if errors.As(err, &dur) {
+		at := locateValue(data, dur.Value)
+		if len(at) == 1 {
+			hint := ""
+			if _, err := strconv.ParseFloat(dur.Value, 64); err == nil {
+				hint = fmt.Sprintf(`; for seconds write %s = "%ss"`, at[0].key, dur.Value)
+			}
+			return fmt.Errorf("line %d: key %q: %w%s", at[0].line, at[0].key, dur, hint)
+		}
+		var keys []string
+		for _, a := range at {
+			keys = append(keys, fmt.Sprintf("%q (line %d)", a.key, a.line))
+		}
+		if len(keys) > 0 {
+			return fmt.Errorf("one of the keys %s: %w", strings.Join(keys, ", "), dur)
+		}
+		return fmt.Errorf("decode TOML: %w", err)
+	}
 	return fmt.Errorf("decode TOML: %w", err)
 }
 
@@ -120,7 +140,7 @@ type Duration struct{ time.Duration }
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("want a duration such as \"30s\" or \"5m\": %w", err)
+		return &DurationError{Value: string(b), Err: err}
 	}
 	d.Duration = v
 	return nil

@@ -201,6 +201,11 @@ func (c *Config) Validate() error {
 			p.Addf("%s = %q: want an absolute path", name, v)
 		}
 	}
+	if g := c.SocketGroup; g != "" {
+		if _, err := lookupGroup(g); err != nil {
+			p.Addf("socket_group = %q: no such group on this host (%v): create it (groupadd %s), name an existing group or a numeric gid, or leave socket_group empty for a root-only socket", g, err, g)
+		}
+	}
 	if c.Socket == c.UpstreamSocket {
 		p.Addf("socket and upstream_socket are both %q: the gateway needs its own socket", c.Socket)
 	}

@@ -718,3 +718,20 @@ func TestUpstreamAllowList(t *testing.T) {
 		}
 	}
 }
+
+// An unknown socket_group is found at start-up, with the fix; a known one
+// (by name or number) passes.
+func TestConfigUnknownSocketGroup(t *testing.T) {
+	c := DefaultConfig()
+	c.SocketGroup = "no-such-group-trustgate"
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), `socket_group = "no-such-group-trustgate"`) || !strings.Contains(err.Error(), "groupadd") {
+		t.Fatalf("unknown group: %v", err)
+	}
+	for _, g := range []string{"root", "0"} {
+		c.SocketGroup = g
+		if err := c.Validate(); err != nil {
+			t.Errorf("socket_group %q: %v", g, err)
+		}
+	}
+}

@@ -182,6 +182,7 @@ func (c *ServerConfig) Validate() error {
 		}
 		checkPatterns(&p, where, "names", r.Names, "\"my-plugin\" or \"acme-*\"")
 		checkPatterns(&p, where, "indices", r.Indices, "\"10\" or \"1?\"")
+		checkIndices(&p, where, r.Indices)
 		for _, cp := range r.Capabilities {
 			if cp == "" {
 				p.Addf("%s: empty capability; remove it", where)
@@ -212,6 +213,23 @@ func checkPatterns(p *config.Problems, where, field string, patterns []string, e
 			p.Addf("%s: %s pattern %q is listed twice; remove one", where, field, pat)
 		}
 		seen[pat] = true
+	}
+}
+
+// checkIndices refuses index patterns that no plugin can ever claim: NRI
+// plugin indices are exactly two digits, 00 to 99.
+func checkIndices(p *config.Problems, where string, patterns []string) {
+	for _, pat := range patterns {
+		if _, err := path.Match(pat, ""); err != nil || pat == "" {
+			continue // reported by checkPatterns
+		}
+		ok := false
+		for i := 0; i < 100 && !ok; i++ {
+			ok, _ = path.Match(pat, fmt.Sprintf("%02d", i))
+		}
+		if !ok {
+			p.Addf("%s: indices pattern %q can never match: an NRI plugin index is exactly two digits (00 to 99); write \"5?\" for 50 to 59, \"0[1-9]\" for 01 to 09, or \"10\"", where, pat)
+		}
 	}
 }
 

@@ -130,3 +130,21 @@ func TestNewServerKeyFile(t *testing.T) {
 		t.Error("server key is not the one in key_file")
 	}
 }
+
+// An indices pattern that no two-digit NRI index can match is refused at
+// start-up, with the fix; one that can match passes.
+func TestConfigIndicesThatCanNeverMatch(t *testing.T) {
+	a := mustKey(t).Public().String()
+	for _, tc := range []struct {
+		pat string
+		bad bool
+	}{{"1", true}, {"100", true}, {"1??", true}, {"a?", true}, {"1?", false}, {"0[1-9]", false}, {"*", false}, {"10", false}} {
+		cfg := DefaultServerConfig()
+		cfg.Roles = []RoleConfig{{Role: "r", Keys: []string{a}, Names: []string{"*"}, Indices: []string{tc.pat}}}
+		err := cfg.Validate()
+		got := err != nil && strings.Contains(err.Error(), "can never match") && strings.Contains(err.Error(), "two digits")
+		if got != tc.bad {
+			t.Errorf("indices [%q]: %v", tc.pat, err)
+		}
+	}
+}

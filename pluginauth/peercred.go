@@ -89,3 +89,7 @@ func (p *pendingByUID) release(uid uint32) {
 	}
 	p.n[uid]--
 }
+
+// PeerCredOf returns the credentials the kernel recorded for the peer of
+// c, a Unix socket connection (SO_PEERCRED on Linux).
+func PeerCredOf(c net.Conn) (PeerCred, error) { return peerCredOf(c) }

@@ -46,20 +46,45 @@ const DenyAll = `package policy
 default allow := false
 `
 
-// SampleDev is a policy for development brokers (trustgate server --dev):
-// callers attested by the sample TEE, which no hardware backs, may read
-// resources and nothing else.
+// DevRegistry is the registry service that SampleDev grants pull and push
+// on; `trustgate server --dev` lists it in token_service.services.
+const DevRegistry = "registry.dev.local"
+
+// SampleDev is the policy of development brokers (trustgate server --dev):
+// callers attested by the sample TEE, which no hardware backs, may do
+// everything the docs show, and nothing is granted to anyone else.
 const SampleDev = `package policy
 
+# trustgate server --dev: the sample TEE, which no hardware backs, may use
+# every plugin the docs show. Never use this policy in production.
 default allow := false
 
+sample if input.claims.tee == "sample"
+
+# KBS resources: read them (admins write them).
 allow if {
-	input.method == "GET"
+	sample
 	input.plugin == "resource"
-	input.claims.tee == "sample"
+	input.method == "GET"
 }
 
-reason := "sample TEE may read resources (dev policy)" if allow
+# Nebula certificates (GET ca, POST credential) and SPIFFE SVIDs.
+allow if {
+	sample
+	input.plugin in {"nebula-ca", "svid"}
+}
+
+# Scoped tokens for the dev registry: pull and push on any repository.
+grant contains action if {
+	sample
+	input.plugin == "token"
+	input.service == "` + DevRegistry + `"
+	input.scope.type == "repository"
+	some action in input.scope.actions
+	action in {"pull", "push"}
+}
+
+reason := "sample TEE (dev policy)" if allow
 `
 
 // decisionModule wraps the administrator's module so that one prepared

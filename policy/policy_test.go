@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -194,6 +195,26 @@ func TestSampleDevPolicy(t *testing.T) {
 	}
 	if d, _ := p.Eval(ctx, input("DELETE", "default", "key", "1")); d.Allow {
 		t.Fatal("dev policy allows DELETE")
+	}
+	for _, pl := range []string{"nebula-ca", "svid"} {
+		in := input("POST", "credential")
+		in.Plugin = pl
+		if d, _ := p.Eval(ctx, in); !d.Allow {
+			t.Errorf("dev policy denies the sample TEE %s", pl)
+		}
+		in.Claims.TEE = "join_token"
+		if d, _ := p.Eval(ctx, in); d.Allow {
+			t.Errorf("dev policy allows a join_token caller %s", pl)
+		}
+	}
+	reg := &policy.Input{Method: "GET", Plugin: "token", Service: policy.DevRegistry, Claims: policy.Claims{TEE: "sample"},
+		Scope: &policy.Scope{Type: "repository", Name: "team/app", Actions: []string{"pull", "push", "delete"}}}
+	if d, _ := p.Eval(ctx, reg); !slices.Equal(d.Grant, []string{"pull", "push"}) {
+		t.Errorf("dev registry grant = %v, want [pull push]", d.Grant)
+	}
+	reg.Service = "registry.example.org"
+	if d, _ := p.Eval(ctx, reg); len(d.Grant) != 0 {
+		t.Errorf("another registry granted %v", d.Grant)
 	}
 }
 

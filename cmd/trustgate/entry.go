@@ -8,30 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/trustgate/trustgate/broker"
-	"github.com/trustgate/trustgate/tlsclient"
 )
-
-// adminFlags are the flags of commands that call the admin API.
-type adminFlags struct {
-	server, token, trustBundle string
-}
-
-func (a *adminFlags) register(cmd *cobra.Command) {
-	cmd.PersistentFlags().StringVar(&a.server, "server", "http://127.0.0.1:8080", "broker base URL")
-	cmd.PersistentFlags().StringVar(&a.token, "admin-token", "", "admin bearer token (a JWT with role \"admin\")")
-	cmd.PersistentFlags().StringVar(&a.trustBundle, "trust-bundle", "", "PEM trust bundle of an https server (tls.bundle_file, trustgate server bundle show)")
-}
-
-func (a *adminFlags) client() (*broker.AdminClient, error) {
-	if a.token == "" {
-		return nil, fmt.Errorf("--admin-token is required (trustgate server --dev prints one)")
-	}
-	hc, err := tlsclient.HTTPClient(tlsclient.Options{TrustBundlePath: a.trustBundle})
-	if err != nil {
-		return nil, err
-	}
-	return &broker.AdminClient{Server: a.server, Token: a.token, HTTP: hc}, nil
-}
 
 func printJSON(cmd *cobra.Command, v any) error {
 	enc := json.NewEncoder(cmd.OutOrStdout())

@@ -69,6 +69,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newEntryCmd(),
 		newJoinTokenCmd(),
 		newHealthcheckCmd(),
+		newAdminCmd(),
+		newPolicyCmd(),
 	)
 	return root
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/policy"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/serve"
 	"github.com/trustgate/trustgate/telemetry"
@@ -23,6 +24,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 	var (
 		configPath, listen, metricsAddr  string
 		dev, printDefault, createSealKey bool
+		devKeep                          bool
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -48,6 +50,9 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("dev mode: %w", err)
 				}
+				if !devKeep {
+					defer os.RemoveAll(dir)
+				}
 				cfg.Store.Path = filepath.Join(dir, "trustgate.db")
 				cfg.Keys.SealKeyFile = filepath.Join(dir, "seal.key")
 				if err := seal.GenerateKeyFile(cfg.Keys.SealKeyFile); err != nil {
@@ -57,7 +62,10 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("dev mode: %w", err)
 				}
-				cfg.Admin = broker.AdminConfig{PublicKeyFile: devAdmin.PublicKeyFile}
+				cfg.Admin = broker.AdminConfig{PublicKeyFile: devAdmin.PublicKeyFile, SocketPath: filepath.Join(dir, "admin.sock"),
+					MaxTokenTTL: broker.Duration{Duration: 24 * time.Hour}}
+				cfg.TokenService.Enabled = true
+				cfg.TokenService.Services = []string{policy.DevRegistry}
 				// Cleartext on loopback keeps the README's curl examples short.
 				cfg.TLS.Mode = broker.TLSModeOff
 				cfg.Attestors.Sample.Enabled = true
@@ -86,13 +94,24 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
-
 			ctx := cmd.Context()
+			// Nothing is created before the files the configuration
+			// names are known to be good.
+			if err := broker.Preflight(ctx, cfg); err != nil {
+				return err
+			}
+			fresh := cfg.Store.Driver == "sqlite" && !fileExists(cfg.Store.Path)
 			st, err := broker.OpenStore(ctx, cfg.Store)
 			if err != nil {
 				return err
 			}
-			defer st.Close()
+			started := false
+			defer func() {
+				st.Close()
+				if !started && fresh {
+					removeSQLite(cfg.Store.Path)
+				}
+			}()
 			ln, err := net.Listen("tcp", cfg.Listen)
 			if err != nil {
 				return fmt.Errorf("listen: %w", err)
@@ -103,7 +122,6 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			}
 			if dev {
 				// The token service's realm is where this server listens.
-				cfg.TokenService.Enabled = true
 				cfg.TokenService.Realm = addr + "/token"
 			}
 			reg := telemetry.NewRegistry()
@@ -111,6 +129,14 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			if err != nil {
 				_ = ln.Close()
 				return err
+			}
+			var adminLn net.Listener
+			if cfg.Admin.SocketPath != "" {
+				if adminLn, err = broker.ListenAdminSocket(cfg.Admin.SocketPath); err != nil {
+					_ = ln.Close()
+					return err
+				}
+				log.Info("admin socket listening", "path", cfg.Admin.SocketPath)
 			}
 			if tc := srv.TLSConfig(); tc != nil {
 				ln = tls.NewListener(ln, tc)
@@ -120,21 +146,38 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			log.Info("broker listening", "addr", addr, "tls", cfg.TLS.String(), "store", cfg.Store.Describe(), "dev", dev)
 			if dev {
 				fmt.Fprintf(out, "trustgate server (dev mode)\n  API:    %s\n  store:  %s\n  try:    curl %s/healthz\n", addr, cfg.Store.Path, addr)
-				fmt.Fprintf(out, "  admin token (24h):\n    export TRUSTGATE_ADMIN_TOKEN=%s\n", devAdmin.Token)
+				fmt.Fprintf(out, "  admin socket (no token needed):\n    export TRUSTGATE_ADMIN_SOCKET=%s\n", cfg.Admin.SocketPath)
+				fmt.Fprintf(out, "  try:    trustgate jointoken create\n          trustgate policy get\n")
+				fmt.Fprintf(out, "  admin token (24h), for the HTTP API:\n    export TRUSTGATE_ADMIN_TOKEN=%s\n", devAdmin.Token)
 				fmt.Fprintf(out, "  try:    curl -H \"Authorization: Bearer $TRUSTGATE_ADMIN_TOKEN\" %s/admin/v1/entries\n", addr)
-				fmt.Fprintf(out, "          trustgate jointoken create --server %s --admin-token \"$TRUSTGATE_ADMIN_TOKEN\"\n", addr)
+				fmt.Fprintf(out, "          trustgate entry list --server %s\n", addr)
+				fmt.Fprintf(out, "  policy (sample-dev): the sample TEE may GET resources, use nebula-ca and svid, and pull and push\n")
+				fmt.Fprintf(out, "          on the registry service %q; nothing else is allowed. Change it with\n", policy.DevRegistry)
+				fmt.Fprintf(out, "          trustgate policy get > p.rego; edit; trustgate policy test --policy p.rego --input in.json; trustgate policy set p.rego\n")
 				fmt.Fprintf(out, "  attest with the sample TEE, then trade the token for a scoped one:\n")
 				fmt.Fprintf(out, "          curl -u \"x:$ATTESTATION_TOKEN\" \"%s/token?service=trustgate&scope=plugin:resource/default/key/1:get\"\n", addr)
 				fmt.Fprintf(out, "  walkthrough: docs/broker.md\n")
+				if devKeep {
+					fmt.Fprintf(out, "  --dev-keep: %s stays after exit\n", filepath.Dir(cfg.Store.Path))
+				} else {
+					fmt.Fprintf(out, "  %s is removed on exit (--dev-keep keeps it)\n", filepath.Dir(cfg.Store.Path))
+				}
 			}
 			opts := serve.Options{ShutdownGrace: cfg.ShutdownGrace.Duration}
 			grp, ctx := errgroup.WithContext(ctx)
 			grp.Go(func() error { return serve.HTTP(ctx, log, "broker", ln, srv, opts) })
 			grp.Go(func() error { srv.Run(ctx); return nil })
+			if adminLn != nil {
+				grp.Go(func() error { return srv.ServeAdminSocket(ctx, adminLn) })
+			}
 			if err := serveMetrics(ctx, grp, log, metricsAddr, reg, opts, srv.Ready); err != nil {
 				_ = ln.Close()
+				if adminLn != nil {
+					_ = adminLn.Close()
+				}
 				return err
 			}
+			started = true
 			err = grp.Wait()
 			if err == nil || context.Cause(ctx) != nil {
 				log.Info("stopped")
@@ -146,9 +189,24 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "TOML configuration file")
 	f.BoolVar(&dev, "dev", false, "run on embedded defaults: a fresh SQLite store in a temporary directory, generated keys")
+	f.BoolVar(&devKeep, "dev-keep", false, "with --dev: keep the temporary directory (store, keys) after exit")
 	f.BoolVar(&printDefault, "print-default-config", false, "print a commented default configuration and exit")
 	f.BoolVar(&createSealKey, "create-seal-key", false, "create the configured keys.seal_key_file (mode 0600) and exit; never overwrites")
 	f.StringVar(&listen, "listen", "", "override the configured listen address (host:port)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (host:port)")
 	return cmd
+}
+
+// fileExists reports whether path names an existing file.
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// removeSQLite removes a database that a failed start created, with its
+// WAL and shared-memory files.
+func removeSQLite(path string) {
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		_ = os.Remove(p)
+	}
 }
