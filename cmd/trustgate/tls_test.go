@@ -75,6 +75,7 @@ func serverConfig(t *testing.T, dir string, extra func(string) string) (string, 
 	doc = setKey(t, doc, "store", "path", fmt.Sprintf("%q", filepath.Join(dir, "trustgate.db")))
 	doc = setKey(t, doc, "keys", "seal_key_file", fmt.Sprintf("%q", filepath.Join(dir, "seal.key")))
 	doc = setKey(t, doc, "admin", "public_key_file", fmt.Sprintf("%q", filepath.Join(dir, "admin.pub")))
+	doc = setKey(t, doc, "admin", "socket_path", fmt.Sprintf("%q", filepath.Join(dir, "admin.sock")))
 	doc = setKey(t, doc, "tls", "bundle_file", fmt.Sprintf("%q", filepath.Join(dir, "bundle.pem")))
 	doc = setKey(t, doc, "attestors.sample", "enabled", "true")
 	path := filepath.Join(dir, "server.toml")
@@ -324,7 +325,8 @@ func TestServerTLSFromDefaultConfig(t *testing.T) {
 	// The admin CLI reaches the https server with the bundle.
 	var out bytes.Buffer
 	errb.Reset()
-	if code := run([]string{"jointoken", "create", "--server", srv.api, "--trust-bundle", bundlePath, "--admin-token", adminToken}, &out, &errb); code != 0 || !strings.Contains(out.String(), "token") {
+	t.Setenv(envAdminToken, adminToken)
+	if code := run([]string{"jointoken", "create", "--server", srv.api, "--trust-bundle", bundlePath}, &out, &errb); code != 0 || !strings.Contains(out.String(), "token") {
 		t.Fatalf("jointoken create over https: exit %d %s %s", code, out.String(), errb.String())
 	}
 
