@@ -138,9 +138,9 @@ func (c *Client) NebulaSign(ctx context.Context, r NebulaRequest, publicKeyPEM [
 }
 
 // NebulaCA returns the CAs the node should trust now (GET
-// /kbs/v0/nebula-ca/ca), PEM.
+// /kbs/v0/nebula-ca/ca, encrypted like every GET of the plugin), PEM.
 func (c *Client) NebulaCA(ctx context.Context) ([]byte, error) {
-	resp, err := c.Do(ctx, Request{Plugin: "nebula-ca", Path: "ca"})
+	resp, err := c.Do(ctx, Request{Plugin: "nebula-ca", Path: "ca", Decrypt: true})
 	if err != nil {
 		return nil, err
 	}
