@@ -377,4 +377,3 @@ func TestNewRejectsBadURLs(t *testing.T) {
 		t.Error("P-384 TEE key accepted")
 	}
 }
-

@@ -68,6 +68,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newKeygenCmd(),
 		newEntryCmd(),
 		newJoinTokenCmd(),
+		newClientCmd(),
 	)
 	return root
 }
