@@ -1,6 +1,7 @@
 package kbs
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -100,7 +101,14 @@ func (k *TEEKey) Open(jwe []byte) ([]byte, error) {
 	if len(jwe) > maxJWE {
 		return nil, fmt.Errorf("kbs: JWE of %d bytes exceeds %d", len(jwe), maxJWE)
 	}
-	obj, err := jose.ParseEncrypted(string(jwe), []jose.KeyAlgorithm{k.alg}, []jose.ContentEncryption{jose.A256GCM})
+	keyAlgs, encs := []jose.KeyAlgorithm{k.alg}, []jose.ContentEncryption{jose.A256GCM}
+	var obj *jose.JSONWebEncryption
+	var err error
+	if t := bytes.TrimSpace(jwe); len(t) > 0 && t[0] == '{' {
+		obj, err = jose.ParseEncryptedJSON(string(t), keyAlgs, encs)
+	} else {
+		obj, err = jose.ParseEncryptedCompact(string(t), keyAlgs, encs)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("kbs: answer is not a JWE for this key (%s, A256GCM): %w", k.alg, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/client/kbs"
 	"github.com/trustgate/trustgate/internal/brokertest"
 )
@@ -235,5 +236,30 @@ func TestClientSVID(t *testing.T) {
 	js, err := jwtsvid.ParseAndValidate(tok, sb, []string{"web"})
 	if err != nil || js.ID.String() != "spiffe://example.org/tee/sample" {
 		t.Fatalf("jwtsvid: %v", err)
+	}
+}
+
+// TestClientWorkloadSVID follows docs/plugin-svid.md: a node attested with
+// a join token gets the SVID of an entry registered under its agent ID,
+// and not of one registered under another parent.
+func TestClientWorkloadSVID(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{})
+	dir := t.TempDir()
+	sess := filepath.Join(dir, "node.json")
+	jt := b.JoinToken(t)
+	t.Setenv(envJoinToken, jt)
+	agent := subject(t, mustRunClient(t, "attest", "--url", b.URL, "--attestor", "join_token", "--session", sess))
+	b.CreateEntry(t, "spiffe://example.org/ns/prod/sa/web", agent, broker.Selector{Type: "unix", Value: "uid:1000"})
+	b.CreateEntry(t, "spiffe://example.org/ns/prod/sa/db", "spiffe://example.org/spire/agent/join_token/other", broker.Selector{Type: "unix", Value: "uid:1000"})
+	out := mustRunClient(t, "svid", "x509", "--session", sess, "--spiffe-id", "spiffe://example.org/ns/prod/sa/web", "--out-dir", dir)
+	if !strings.Contains(out, "spiffe://example.org/ns/prod/sa/web") {
+		t.Fatalf("output %q", out)
+	}
+	svid, err := x509svid.Load(filepath.Join(dir, "svid.0.pem"), filepath.Join(dir, "svid.0.key"))
+	if err != nil || svid.ID.String() != "spiffe://example.org/ns/prod/sa/web" {
+		t.Fatalf("svid %v: %v", svid, err)
+	}
+	if _, errs, code := runClient(t, "svid", "x509", "--session", sess, "--spiffe-id", "spiffe://example.org/ns/prod/sa/db", "--out-dir", dir); code == 0 || !strings.Contains(errs, "403") {
+		t.Fatalf("another agent's entry: exit %d %s", code, errs)
 	}
 }
