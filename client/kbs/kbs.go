@@ -57,14 +57,21 @@ type Client struct {
 	mu     sync.Mutex
 	cookie string
 	token  string
+	tee    string
 }
 
 // Option configures a Client.
 type Option func(*Client) error
 
+// noRedirects stops the client at a redirect: the broker never answers
+// one, and following it would send the token and evidence elsewhere. The
+// 3xx answer becomes an *Error.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
 // WithHTTPClient makes the client send its requests with hc, for example
 // one whose transport trusts the broker's CA and presents a client
-// certificate. hc's cookie jar, if any, is not used.
+// certificate. hc's cookie jar, if any, is not used, and its redirect
+// policy is hc's own (the client's default follows none).
 func WithHTTPClient(hc *http.Client) Option {
 	return func(c *Client) error {
 		if hc == nil {
@@ -85,7 +92,7 @@ func WithTLSConfig(conf *tls.Config) Option {
 		}
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.TLSClientConfig = conf.Clone()
-		c.hc = &http.Client{Transport: tr}
+		c.hc = &http.Client{Transport: tr, CheckRedirect: noRedirects}
 		return nil
 	}
 }
@@ -148,7 +155,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawPath = ""
-	c := &Client{base: u, hc: &http.Client{}, timeout: DefaultTimeout}
+	c := &Client{base: u, hc: &http.Client{CheckRedirect: noRedirects}, timeout: DefaultTimeout}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, fmt.Errorf("kbs: %w", err)
@@ -278,9 +285,18 @@ func (c *Client) Attest(ctx context.Context, a Attester) (string, error) {
 		cookie = ck
 	}
 	c.mu.Lock()
-	c.cookie, c.token = cookie, tok
+	c.cookie, c.token, c.tee = cookie, tok, a.TEE()
 	c.mu.Unlock()
 	return tok, nil
+}
+
+// Session is what WriteSession needs to let a later client use this
+// client's attestation: the broker URL, the attestor, the token and the
+// TEE key.
+func (c *Client) Session() Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Session{URL: c.base.String(), TEE: c.tee, Token: c.token, TEEKey: c.key}
 }
 
 func sessionCookie(cs []*http.Cookie) string {

@@ -14,9 +14,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -375,5 +377,52 @@ func TestNewRejectsBadURLs(t *testing.T) {
 	k, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if _, err := kbs.NewTEEKey(k); err == nil {
 		t.Error("P-384 TEE key accepted")
+	}
+}
+
+// TestNoRedirects: a redirect is an error, and the evidence and token are
+// never sent to where it points.
+func TestNoRedirects(t *testing.T) {
+	var leaked atomic.Int32
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leaked.Add(1)
+	}))
+	defer elsewhere.Close()
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer redirector.Close()
+	c, err := kbs.New(redirector.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Attest(ctx, kbs.Sample("1"))
+	var e *kbs.Error
+	if !errors.As(err, &e) || e.Status != http.StatusTemporaryRedirect {
+		t.Fatalf("redirect: %v", err)
+	}
+	c, _ = kbs.New(redirector.URL, kbs.WithToken("a.b.c"))
+	if _, err := c.GetResource(ctx, "a", "b", "c"); err == nil {
+		t.Fatal("redirected fetch succeeded")
+	}
+	if n := leaked.Load(); n != 0 {
+		t.Fatalf("%d requests followed the redirect", n)
+	}
+}
+
+// TestRateLimitProblem: a 429 problem decodes with its Retry-After.
+func TestRateLimitProblem(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.Header().Set("Retry-After", "7")
+		w.WriteHeader(http.StatusTooManyRequests)
+		_, _ = w.Write([]byte(`{"type":"https://github.com/confidential-containers/kbs/errors/RateLimited","title":"Too Many Requests","status":429,"detail":"slow down"}`))
+	}))
+	defer srv.Close()
+	c, _ := kbs.New(srv.URL)
+	_, err := c.Attest(ctx, kbs.Sample("1"))
+	var e *kbs.Error
+	if !errors.As(err, &e) || e.Name() != "RateLimited" || e.RetryAfter != 7*time.Second || e.Detail != "slow down" || e.Title != "Too Many Requests" {
+		t.Fatalf("%#v", err)
 	}
 }

@@ -205,7 +205,7 @@ func newClientAttestCmd(f *clientFlags) *cobra.Command {
 				return err
 			}
 			if f.session != "" {
-				if err := kbs.WriteSession(f.session, kbs.Session{URL: f.url, TEE: f.attestor, Token: tok, TEEKey: c.TEEKey()}); err != nil {
+				if err := kbs.WriteSession(f.session, c.Session()); err != nil {
 					return err
 				}
 			}

@@ -263,3 +263,20 @@ func TestClientWorkloadSVID(t *testing.T) {
 		t.Fatalf("another agent's entry: exit %d %s", code, errs)
 	}
 }
+
+// TestClientMutualTLS: a broker that requires client certificates serves
+// the client only with --client-cert and --client-key.
+func TestClientMutualTLS(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{TLS: true, RequireClientCert: true})
+	certFile, keyFile, _ := b.X509PopLeaf(t, "node-9")
+	args := []string{"attest", "--url", b.URL, "--trust-bundle", b.CAFile}
+	if _, errs, code := runClient(t, args...); code == 0 {
+		t.Fatalf("attested without a client certificate: %s", errs)
+	}
+	if _, errs, code := runClient(t, append(args, "--client-cert", certFile)...); code == 0 || !strings.Contains(errs, "both") {
+		t.Fatalf("half a key pair: exit %d %s", code, errs)
+	}
+	if got := subject(t, mustRunClient(t, append(args, "--client-cert", certFile, "--client-key", keyFile)...)); got != "spiffe://example.org/tee/sample" {
+		t.Fatalf("sub %s", got)
+	}
+}

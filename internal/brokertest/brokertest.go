@@ -11,12 +11,14 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -69,6 +71,9 @@ type Broker struct {
 type Options struct {
 	// TLS serves HTTPS with an httptest certificate.
 	TLS bool
+	// RequireClientCert (with TLS) requires a client certificate that
+	// chains to the x509pop CA, such as an X509PopLeaf.
+	RequireClientCert bool
 }
 
 // Start starts a broker that lives until the test ends. Its policy allows
@@ -142,7 +147,14 @@ func Start(t testing.TB, o Options) *Broker {
 	go srv.Run(ctx)
 	var hs *httptest.Server
 	if o.TLS {
-		hs = httptest.NewTLSServer(srv)
+		hs = httptest.NewUnstartedServer(srv)
+		if o.RequireClientCert {
+			pool := x509.NewCertPool()
+			pool.AddCert(b.popCA)
+			hs.TLS = &tls.Config{ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
+		}
+		hs.Config.ErrorLog = log.New(io.Discard, "", 0)
+		hs.StartTLS()
 		b.CAFile = filepath.Join(dir, "broker-ca.pem")
 		writeFile(t, b.CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: hs.Certificate().Raw}))
 	} else {
@@ -150,6 +162,16 @@ func Start(t testing.TB, o Options) *Broker {
 	}
 	t.Cleanup(hs.Close)
 	b.URL, b.HTTP = hs.URL, hs.Client()
+	if o.RequireClientCert {
+		certFile, keyFile, _ := b.X509PopLeaf(t, "test-admin-client")
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := hs.Client().Transport.(*http.Transport).Clone()
+		tr.TLSClientConfig.Certificates = []tls.Certificate{pair}
+		b.HTTP = &http.Client{Transport: tr}
+	}
 	b.admClient = &broker.AdminClient{Server: hs.URL, Token: b.AdminToken(t), HTTP: hs.Client()}
 	b.SetPolicy(t, "package policy\ndefault allow := true\n")
 	return b
