@@ -38,7 +38,7 @@ func (e *Error) Name() string { return strings.TrimPrefix(e.Type, ProblemTypePre
 
 func (e *Error) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "kbs: %d %s", e.Status, http.StatusText(e.Status))
+	fmt.Fprintf(&b, "broker answered %d %s", e.Status, http.StatusText(e.Status))
 	if n := e.Name(); n != "" {
 		b.WriteString(": " + n)
 	}
