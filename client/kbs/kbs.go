@@ -97,6 +97,19 @@ func WithTLSConfig(conf *tls.Config) Option {
 	}
 }
 
+// WithTransport makes the client send its requests through rt (with no
+// redirects followed), for example an *http.Transport with the broker's
+// trust bundle and a client certificate, or one that adds tracing.
+func WithTransport(rt http.RoundTripper) Option {
+	return func(c *Client) error {
+		if rt == nil {
+			return errors.New("nil http.RoundTripper")
+		}
+		c.hc = &http.Client{Transport: rt, CheckRedirect: noRedirects}
+		return nil
+	}
+}
+
 // WithTEEKey sets the TEE key attestation binds and answers are encrypted
 // to. Without it, New generates an EC P-256 key.
 func WithTEEKey(k *TEEKey) Option {

@@ -330,12 +330,15 @@ func TestTLSTrustBundle(t *testing.T) {
 	pool := x509.NewCertPool()
 	pemData, _ := os.ReadFile(b.CAFile)
 	pool.AppendCertsFromPEM(pemData)
-	c, err = kbs.New(b.URL, kbs.WithTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Attest(ctx, kbs.Sample("1")); err != nil {
-		t.Fatal(err)
+	conf := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	for _, opt := range []kbs.Option{kbs.WithTLSConfig(conf), kbs.WithTransport(&http.Transport{TLSClientConfig: conf})} {
+		c, err = kbs.New(b.URL, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Attest(ctx, kbs.Sample("1")); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
