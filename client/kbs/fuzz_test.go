@@ -45,6 +45,8 @@ func FuzzParseAnswers(f *testing.F) {
 	f.Add([]byte(`{"node_crt":[45,45],"node_key":[1],"ca_crt":[255,0]}`))
 	f.Add([]byte(`{"ca_crt":[256]}`))
 	f.Add([]byte(`{"ca_crt":"AAA="}`))
+	f.Add([]byte(`{"spiffe_id":"spiffe://example.org/x","svid":["-----BEGIN CERTIFICATE-----"],"expires_at":1}`))
+	f.Add([]byte(`{"token":"a.b.c","spiffe_id":"spiffe://example.org/x","expires_at":1e3}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if ch, err := parseChallenge(b); err == nil && (ch.Nonce == "" || ch.HashAlgorithm == "") {
 			t.Fatalf("challenge %+v accepted", ch)
@@ -54,6 +56,12 @@ func FuzzParseAnswers(f *testing.F) {
 		}
 		if c, err := parseNebula(b); err == nil && len(c.CACrt) == 0 {
 			t.Fatal("nebula answer without ca_crt accepted")
+		}
+		if x, err := parseX509SVID(b); err == nil && (len(x.Chain) == 0 || x.SPIFFEID == "") {
+			t.Fatalf("x509 answer %+v accepted", x)
+		}
+		if j, err := parseJWTSVID(b); err == nil && j.Token == "" {
+			t.Fatal("jwt answer without a token accepted")
 		}
 	})
 }

@@ -169,12 +169,17 @@ func (c *Client) X509SVID(ctx context.Context, csr []byte, spiffeID string) (X50
 	if err != nil {
 		return X509SVID{}, err
 	}
+	return parseX509SVID(resp.Body)
+}
+
+// parseX509SVID decodes an svid x509 answer.
+func parseX509SVID(b []byte) (X509SVID, error) {
 	var out X509SVID
-	if err := json.Unmarshal(resp.Body, &out); err != nil {
+	if err := json.Unmarshal(b, &out); err != nil {
 		return X509SVID{}, fmt.Errorf("kbs: svid x509 answer: %w", err)
 	}
-	if len(out.Chain) == 0 {
-		return X509SVID{}, errors.New("kbs: svid x509 answer holds no certificate")
+	if len(out.Chain) == 0 || out.SPIFFEID == "" {
+		return X509SVID{}, errors.New("kbs: svid x509 answer holds no certificate or no SPIFFE ID")
 	}
 	return out, nil
 }
@@ -200,8 +205,13 @@ func (c *Client) JWTSVID(ctx context.Context, spiffeID string, audience []string
 	if err != nil {
 		return JWTSVID{}, err
 	}
+	return parseJWTSVID(resp.Body)
+}
+
+// parseJWTSVID decodes an svid jwt answer.
+func parseJWTSVID(b []byte) (JWTSVID, error) {
 	var out JWTSVID
-	if err := json.Unmarshal(resp.Body, &out); err != nil {
+	if err := json.Unmarshal(b, &out); err != nil {
 		return JWTSVID{}, fmt.Errorf("kbs: svid jwt answer: %w", err)
 	}
 	if out.Token == "" {
