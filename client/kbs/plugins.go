@@ -50,12 +50,12 @@ func (r NebulaRequest) query() (url.Values, error) {
 // NebulaCredential is a nebula-ca answer: PEM files as nebula reads them.
 type NebulaCredential struct {
 	// NodeCrt is the node certificate (host.crt).
-	NodeCrt []byte `json:"node_crt"`
+	NodeCrt []byte
 	// NodeKey is the node's private key (host.key); empty when the node
 	// sent its own public key.
-	NodeKey []byte `json:"node_key"`
+	NodeKey []byte
 	// CACrt holds every CA the node should trust (ca.crt).
-	CACrt []byte `json:"ca_crt"`
+	CACrt []byte
 }
 
 // byteArray decodes the plugin's JSON arrays of byte values (serde's
