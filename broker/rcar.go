@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"slices"
@@ -20,9 +17,9 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-	"github.com/gowebpki/jcs"
 
 	"github.com/trustgate/trustgate/attest"
+	"github.com/trustgate/trustgate/attest/reportdata"
 	"github.com/trustgate/trustgate/store"
 	"github.com/trustgate/trustgate/token"
 )
@@ -192,36 +189,9 @@ func (s *Server) setCookie(w http.ResponseWriter, r *http.Request, sess store.Se
 }
 
 // ReportData computes the report data that binds evidence to an RCAR
-// exchange: hashAlg over the JCS (RFC 8785) form of
-// {"tee-pubkey", "nonce", "additional-evidence"}, as Trustee's
-// kbs/src/attestation/backend.rs builds it and attestation-service/src/lib.rs
-// hashes it.
+// exchange; see reportdata.Compute, which clients share.
 func ReportData(hashAlg string, teePubKey json.RawMessage, nonce, additionalEvidence string) ([]byte, error) {
-	var h hash.Hash
-	switch hashAlg {
-	case "sha256":
-		h = sha256.New()
-	case "sha384":
-		h = sha512.New384()
-	case "sha512":
-		h = sha512.New()
-	default:
-		return nil, fmt.Errorf("hash algorithm %q: want sha256, sha384 or sha512", hashAlg)
-	}
-	doc, err := json.Marshal(struct {
-		TEEPubKey json.RawMessage `json:"tee-pubkey"`
-		Nonce     string          `json:"nonce"`
-		Extra     string          `json:"additional-evidence"`
-	}{teePubKey, nonce, additionalEvidence})
-	if err != nil {
-		return nil, fmt.Errorf("runtime data: %w", err)
-	}
-	canon, err := jcs.Transform(doc)
-	if err != nil {
-		return nil, fmt.Errorf("runtime data: JCS: %w", err)
-	}
-	h.Write(canon)
-	return h.Sum(nil), nil
+	return reportdata.Compute(hashAlg, teePubKey, nonce, additionalEvidence)
 }
 
 // parseAttestation validates an attest body's shape before any state

@@ -71,6 +71,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newHealthcheckCmd(),
 		newAdminCmd(),
 		newPolicyCmd(),
+		newClientCmd(),
 	)
 	return root
 }
