@@ -150,3 +150,17 @@ func (l *LocalLocks) Do(ctx context.Context, name string, fn func(context.Contex
 func (l *LocalLocks) Lead(ctx context.Context, _ string, fn func(context.Context)) {
 	fn(ctx)
 }
+
+// Wake returns a channel that receives a value soon after every change under
+// topic (and every Reset), coalescing bursts, until cancel is called: for
+// a loop that reloads from the store when it changes.
+func Wake(c Changes, topic string) (wake <-chan struct{}, cancel func()) {
+	ch := make(chan struct{}, 1)
+	cancel = c.Subscribe(topic, func(Change) {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	})
+	return ch, cancel
+}
