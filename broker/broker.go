@@ -201,6 +201,7 @@ func New(opts Options) (*Server, error) {
 		s.mux.Handle("POST /token", s.limited(s.tokenLimit, s.serveToken))
 	}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("POST /kbs/v0/auth", s.limited(s.limit, s.auth))
 	s.mux.Handle("POST /kbs/v0/attest", s.limited(s.limit, s.attest))
 	s.mux.Handle("GET /.well-known/jwks.json", opts.Tokens)
@@ -240,9 +241,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
-// Run runs the background tasks until ctx ends: the expired-session sweeper,
-// the resource policy refresh (for updates by other replicas) and signing
-// key rotation. It returns when they have stopped, after closing plugins
+// Run runs the background tasks until ctx ends: the expired-session sweeper
+// (on the one replica that holds the store's "session-sweep" lease), the
+// resource policy refresh (when any replica writes a policy, and every
+// SweepInterval) and signing key rotation. It returns when they have stopped, after closing plugins
 // that are io.Closers.
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
@@ -252,6 +254,25 @@ func (s *Server) Run(ctx context.Context) {
 			wg.Go(func() { r.Run(ctx) })
 		}
 	}
+	// Sessions are swept by one replica at a time: the store's lease.
+	wg.Go(func() {
+		s.store.Locks().Lead(ctx, "session-sweep", func(ctx context.Context) {
+			t := time.NewTicker(s.opts.SweepInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					s.sweep(ctx)
+				}
+			}
+		})
+	})
+	// Policies are reloaded as soon as any replica writes one, and
+	// periodically in case a notification was lost.
+	wake, cancel := store.Wake(s.store.Changes(), store.TopicPolicies)
+	defer cancel()
 	t := time.NewTicker(s.opts.SweepInterval)
 	defer t.Stop()
 	for {
@@ -266,8 +287,9 @@ func (s *Server) Run(ctx context.Context) {
 				}
 			}
 			return
+		case <-wake:
+			s.refreshPolicy(ctx)
 		case <-t.C:
-			s.sweep(ctx)
 			s.refreshPolicy(ctx)
 		}
 	}

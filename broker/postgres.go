@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/trustgate/trustgate/config"
 	"github.com/trustgate/trustgate/store"
@@ -127,6 +128,21 @@ func OpenStore(ctx context.Context, c StoreConfig) (store.Store, error) {
 	default:
 		return nil, fmt.Errorf("store.driver = %q: want \"sqlite\" or \"postgres\"", c.Driver)
 	}
+}
+
+// Propagation is how long every replica on PostgreSQL takes, at most, to
+// learn of a key another replica stored: change notifications arrive in
+// milliseconds, and a lost one is made up by the listener's reconnection
+// within a second. A first signing key waits this long before it signs.
+const Propagation = 2 * time.Second
+
+// propagation is the token authority's propagation delay for the driver:
+// a single SQLite server has no other replica to wait for.
+func (c StoreConfig) propagation() time.Duration {
+	if c.Driver == "postgres" {
+		return Propagation
+	}
+	return 0
 }
 
 // Describe names the store for logs, without secrets.
