@@ -257,6 +257,7 @@ func (s *Server) Run(ctx context.Context) {
 	// Sessions are swept by one replica at a time: the store's lease.
 	wg.Go(func() {
 		s.store.Locks().Lead(ctx, "session-sweep", func(ctx context.Context) {
+			s.log.Info(LeaderMessage, "task", "session-sweep")
 			t := time.NewTicker(s.opts.SweepInterval)
 			defer t.Stop()
 			for {

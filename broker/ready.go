@@ -7,6 +7,10 @@ import (
 	"time"
 )
 
+// LeaderMessage is logged when this replica takes over the background work
+// that one replica at a time does (the store's lease).
+const LeaderMessage = "this replica now runs the background work"
+
 // readyTimeout bounds one readiness check's store ping.
 const readyTimeout = 2 * time.Second
 
