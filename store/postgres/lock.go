@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -69,10 +68,8 @@ func (l *locks) Lead(ctx context.Context, name string, fn func(context.Context))
 	}
 }
 
-var errNotHeld = errors.New("held by another server")
-
 // leadOnce connects, takes the lease if it can and runs fn while it holds
-// it. It returns errNotHeld-free nil when another server holds the lease.
+// it. It returns nil when ctx ends.
 func (l *locks) leadOnce(ctx context.Context, name string, fn func(context.Context)) error {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	conn, err := pgx.ConnectConfig(cctx, l.db.pool.Config().ConnConfig.Copy())
