@@ -107,3 +107,67 @@ func (s *sharedGate) List(ctx context.Context, kind string) ([]store.Key, error)
 	}
 	return s.Keys.List(ctx, kind)
 }
+
+// TestReplicasRotateTogether runs two Authorities on one PostgreSQL schema
+// through several rotations on a shared clock. Only replica 0 rotates on
+// its own; replica 1 learns of new keys only through change notifications
+// (Run). Within a second of every new key, both publish the same JWKS, and
+// at every step a token either signs verifies on the other.
+func TestReplicasRotateTogether(t *testing.T) {
+	dsn := pgtest.Schema(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := &clock{t: time.Now()}
+	var auths [2]*Authority
+	for i := range auths {
+		db, err := postgres.Open(ctx, postgres.Options{DSN: dsn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = db.Close() })
+		auths[i], err = Open(ctx, Options{Keys: db.Keys(), Sealer: newSealer(t, 7), Locks: db.Locks(), Changes: db.Changes(),
+			KeyLifetime: time.Hour, Prepublish: 15 * time.Minute, MaxTokenTTL: 10 * time.Minute, Now: c.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); auths[1].Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	// Let replica 1 listen before the first change.
+	time.Sleep(300 * time.Millisecond)
+	crossVerify := func(step int) {
+		t.Helper()
+		for i, a := range auths {
+			tok, err := a.Sign(map[string]any{"iss": "tg", "exp": c.Now().Add(time.Minute).Unix()})
+			if err != nil {
+				t.Fatalf("step %d: replica %d: %v", step, i, err)
+			}
+			if _, err := auths[1-i].Verify(tok, "tg"); err != nil {
+				t.Fatalf("step %d: replica %d's token fails on replica %d: %v", step, i, 1-i, err)
+			}
+		}
+	}
+	rotations := 0
+	for step := range 16 {
+		c.Advance(10 * time.Minute)
+		before := string(auths[0].JWKS())
+		if err := auths[0].Rotate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if string(auths[0].JWKS()) != before {
+			rotations++
+			deadline := time.Now().Add(time.Second)
+			for string(auths[1].JWKS()) != string(auths[0].JWKS()) {
+				if time.Now().After(deadline) {
+					t.Fatalf("step %d: replica 1 does not publish replica 0's keys a second after they changed", step)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		crossVerify(step)
+	}
+	if rotations < 4 {
+		t.Fatalf("%d key set changes in 160 minutes of 1-hour keys", rotations)
+	}
+}
