@@ -29,9 +29,10 @@ import (
 // replicaSet is n broker servers, each with its own store handle (its own
 // connection pool) on one database, each on its own loopback HTTP server.
 type replicaSet struct {
-	urls   []string
-	stores []store.Store
-	admin  string
+	urls    []string
+	stores  []store.Store
+	servers []*broker.Server
+	admin   string
 }
 
 // newReplicaSet builds n replicas over open(), which returns a new handle
@@ -87,6 +88,7 @@ func newReplicaSet(tb testing.TB, n int, open func() store.Store) *replicaSet {
 		tb.Cleanup(hs.Close)
 		rs.urls = append(rs.urls, hs.URL)
 		rs.stores = append(rs.stores, st)
+		rs.servers = append(rs.servers, srv)
 	}
 	return rs
 }
