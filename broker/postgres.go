@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -113,6 +114,12 @@ func (c PostgresConfig) dsn() (string, error) {
 // OpenStore opens the store that a validated configuration selects, and
 // migrates it to the newest schema.
 func OpenStore(ctx context.Context, c StoreConfig) (store.Store, error) {
+	return OpenStoreLog(ctx, c, nil)
+}
+
+// OpenStoreLog is OpenStore with a logger for the store's background
+// connections (PostgreSQL's change listener and leases reconnecting).
+func OpenStoreLog(ctx context.Context, c StoreConfig, log *slog.Logger) (store.Store, error) {
 	switch c.Driver {
 	case "sqlite":
 		return sqlite.Open(ctx, c.Path, sqlite.Options{Synchronous: c.Synchronous})
@@ -124,6 +131,7 @@ func OpenStore(ctx context.Context, c StoreConfig) (store.Store, error) {
 		return postgres.Open(ctx, postgres.Options{
 			DSN: dsn, SSLMode: c.SSLMode, RootCAFile: c.SSLRootCert,
 			MaxConns: int32(c.MaxConns), MinConns: int32(c.MinConns), StatementTimeout: c.StatementTimeout.Duration,
+			Log: log,
 		})
 	default:
 		return nil, fmt.Errorf("store.driver = %q: want \"sqlite\" or \"postgres\"", c.Driver)

@@ -85,7 +85,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 			}
 
 			ctx := cmd.Context()
-			st, err := broker.OpenStore(ctx, cfg.Store)
+			st, err := broker.OpenStoreLog(ctx, cfg.Store, log)
 			if err != nil {
 				return err
 			}
