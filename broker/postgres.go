@@ -79,8 +79,8 @@ func (c PostgresConfig) validate(p *config.Problems) {
 	if c.SSLMode != "" && !slices.Contains(postgres.SSLModes, c.SSLMode) {
 		p.Addf("store.sslmode = %q: want one of %s (\"allow\" and \"prefer\" fall back to plaintext)", c.SSLMode, strings.Join(postgres.SSLModes, ", "))
 	}
-	if c.MaxConns < 0 || c.MaxConns == 1 || c.MinConns < 0 || (c.MaxConns > 0 && c.MinConns > c.MaxConns) || c.MaxConns > 1<<15 {
-		p.Addf("store.max_conns = %d, store.min_conns = %d: want 0 <= min_conns <= max_conns <= 32768 and max_conns >= 2 (0 means the default: 16 and 2)", c.MaxConns, c.MinConns)
+	if c.MaxConns < 0 || c.MinConns < 0 || (c.MaxConns > 0 && c.MinConns > c.MaxConns) || c.MaxConns > 1<<15 {
+		p.Addf("store.max_conns = %d, store.min_conns = %d: want 0 <= min_conns <= max_conns <= 32768 (0 means the default: 16 and 2)", c.MaxConns, c.MinConns)
 	}
 	if d := c.StatementTimeout.Duration; d < 0 || (d > 0 && d.Milliseconds() < 1) {
 		p.Addf("store.statement_timeout = %q: want a duration of at least \"1ms\", or \"0s\" for the default 10s", c.StatementTimeout)

@@ -24,27 +24,22 @@ type locks struct {
 	leaseCheck time.Duration
 }
 
-// Do implements store.Locks: it holds pg_advisory_lock on a pooled
-// connection while fn runs on others.
-func (l *locks) Do(ctx context.Context, name string, fn func(context.Context) error) (err error) {
-	conn, err := l.db.pool.Acquire(ctx)
+// Do implements store.Locks: it holds pg_advisory_lock on a session of its
+// own, outside the pool, while fn uses the pool: locks of different names
+// held at once never starve their own work of connections, however small
+// the pool.
+func (l *locks) Do(ctx context.Context, name string, fn func(context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := pgx.ConnectConfig(cctx, l.db.pool.Config().ConnConfig.Copy())
+	cancel()
 	if err != nil {
 		return fmt.Errorf("postgres: lock %s: %w", name, err)
 	}
-	defer conn.Release()
+	// Closing the session releases the lock, whatever happened.
+	defer func() { _ = conn.Close(context.Background()) }()
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(`+lockKey+`)`, name); err != nil {
-		// The lock may have been granted as the context ended: drop
-		// the session rather than return it to the pool holding it.
-		_ = conn.Conn().Close(context.Background())
 		return fmt.Errorf("postgres: lock %s: %w", name, err)
 	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, uerr := conn.Exec(uctx, `SELECT pg_advisory_unlock(`+lockKey+`)`, name); uerr != nil {
-			_ = conn.Conn().Close(context.Background())
-		}
-	}()
 	return fn(ctx)
 }
 

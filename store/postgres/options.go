@@ -84,10 +84,8 @@ func (o Options) poolConfig() (*pgxpool.Config, error) {
 	if minConns == 0 {
 		minConns = min(DefaultMinConns, maxConns)
 	}
-	// Locks.Do holds one connection while the work under the lock uses
-	// another.
-	if maxConns < 2 || minConns < 0 || minConns > maxConns {
-		return nil, fmt.Errorf("postgres: pool of %d to %d connections: want 0 <= min <= max and max >= 2", minConns, maxConns)
+	if maxConns < 1 || minConns < 0 || minConns > maxConns {
+		return nil, fmt.Errorf("postgres: pool of %d to %d connections: want 0 <= min <= max and max >= 1", minConns, maxConns)
 	}
 	cfg.MaxConns, cfg.MinConns = maxConns, minConns
 	timeout := o.StatementTimeout

@@ -114,9 +114,11 @@ func TestPoolAndTimeoutOptions(t *testing.T) {
 	if err != nil || cfg.MaxConns != 40 || cfg.MinConns != 4 || cfg.ConnConfig.RuntimeParams["statement_timeout"] != "1500" {
 		t.Fatalf("set: %v %+v", err, cfg)
 	}
+	if cfg, err := (Options{DSN: "host=db", MaxConns: 1}).poolConfig(); err != nil || cfg.MinConns != 1 {
+		t.Fatalf("max 1: the default min must shrink to it: %v", err)
+	}
 	for _, o := range []Options{
 		{},
-		{DSN: "host=db", MaxConns: 1}, // Locks.Do needs a second connection
 		{DSN: "host=db", MaxConns: 2, MinConns: 3},
 		{DSN: "host=db", MaxConns: -1},
 		{DSN: "host=db", StatementTimeout: time.Microsecond},

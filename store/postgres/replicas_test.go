@@ -62,3 +62,33 @@ func TestChangesResetOnReconnect(t *testing.T) {
 	}
 	t.Fatal("no notification after reconnecting")
 }
+
+// TestLocksOnAOneConnectionPool holds two locks at once, each around work
+// on the pool, with a pool of one connection: the locks' sessions are not
+// the pool's, so neither starves.
+func TestLocksOnAOneConnectionPool(t *testing.T) {
+	opts := freshSchema(t)
+	opts.MaxConns, opts.MinConns = 1, 1
+	db := openT(t, opts)
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	both := make(chan struct{})
+	errs := make(chan error, 2)
+	for _, name := range []string{"a", "b"} {
+		go func() {
+			errs <- db.Locks().Do(ctx, name, func(ctx context.Context) error {
+				both <- struct{}{}
+				_, err := db.Policies().Put(ctx, name, "x")
+				return err
+			})
+		}()
+	}
+	<-both
+	<-both
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
