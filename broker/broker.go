@@ -264,9 +264,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.metrics.observe(r, "", time.Since(start))
 }
 
-// Run runs the background tasks until ctx ends: the expired-session sweeper,
-// the resource policy refresh (for updates by other replicas) and signing
-// key rotation. It returns when they have stopped, after closing plugins
+// Run runs the background tasks until ctx ends: the expired-session sweeper
+// (on the one replica that holds the store's "session-sweep" lease), the
+// resource policy refresh (when any replica writes a policy, and every
+// SweepInterval) and signing key rotation. It returns when they have stopped, after closing plugins
 // that are io.Closers.
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
@@ -282,6 +283,26 @@ func (s *Server) Run(ctx context.Context) {
 			wg.Go(func() { r.Run(ctx) })
 		}
 	}
+	// Sessions are swept by one replica at a time: the store's lease.
+	wg.Go(func() {
+		s.store.Locks().Lead(ctx, "session-sweep", func(ctx context.Context) {
+			s.log.Info(LeaderMessage, "task", "session-sweep")
+			t := time.NewTicker(s.opts.SweepInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					s.sweep(ctx)
+				}
+			}
+		})
+	})
+	// Policies are reloaded as soon as any replica writes one, and
+	// periodically in case a notification was lost.
+	wake, cancel := store.Wake(s.store.Changes(), store.TopicPolicies)
+	defer cancel()
 	t := time.NewTicker(s.opts.SweepInterval)
 	defer t.Stop()
 	for {
@@ -296,8 +317,9 @@ func (s *Server) Run(ctx context.Context) {
 				}
 			}
 			return
+		case <-wake:
+			s.refreshPolicy(ctx)
 		case <-t.C:
-			s.sweep(ctx)
 			s.refreshPolicy(ctx)
 		}
 	}

@@ -3,9 +3,11 @@ package broker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/trustgate/trustgate/config"
 	"github.com/trustgate/trustgate/store"
@@ -112,6 +114,12 @@ func (c PostgresConfig) dsn() (string, error) {
 // OpenStore opens the store that a validated configuration selects, and
 // migrates it to the newest schema.
 func OpenStore(ctx context.Context, c StoreConfig) (store.Store, error) {
+	return OpenStoreLog(ctx, c, nil)
+}
+
+// OpenStoreLog is OpenStore with a logger for the store's background
+// connections (PostgreSQL's change listener and leases reconnecting).
+func OpenStoreLog(ctx context.Context, c StoreConfig, log *slog.Logger) (store.Store, error) {
 	switch c.Driver {
 	case "sqlite":
 		return sqlite.Open(ctx, c.Path, sqlite.Options{Synchronous: c.Synchronous})
@@ -123,10 +131,26 @@ func OpenStore(ctx context.Context, c StoreConfig) (store.Store, error) {
 		return postgres.Open(ctx, postgres.Options{
 			DSN: dsn, SSLMode: c.SSLMode, RootCAFile: c.SSLRootCert,
 			MaxConns: int32(c.MaxConns), MinConns: int32(c.MinConns), StatementTimeout: c.StatementTimeout.Duration,
+			Log: log,
 		})
 	default:
 		return nil, fmt.Errorf("store.driver = %q: want \"sqlite\" or \"postgres\"", c.Driver)
 	}
+}
+
+// Propagation is how long every replica on PostgreSQL takes, at most, to
+// learn of a key another replica stored: change notifications arrive in
+// milliseconds, and a lost one is made up by the listener's reconnection
+// within a second. A first signing key waits this long before it signs.
+const Propagation = 2 * time.Second
+
+// propagation is the token authority's propagation delay for the driver:
+// a single SQLite server has no other replica to wait for.
+func (c StoreConfig) propagation() time.Duration {
+	if c.Driver == "postgres" {
+		return Propagation
+	}
+	return 0
 }
 
 // Describe names the store for logs, without secrets.

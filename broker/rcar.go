@@ -240,10 +240,13 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	now := s.now()
-	if s.reattest(w, r, c.Value, now) {
+	// Consume first: a fresh attestation is then one round trip here and
+	// one for SetClaims. Only when that fails may the session be one that
+	// attested already, which is answered its own claims again.
+	sess, err := s.store.Sessions().ConsumeNonce(ctx, c.Value, *req.RuntimeData.Nonce, now)
+	if err != nil && s.reattest(w, r, c.Value, now) {
 		return
 	}
-	sess, err := s.store.Sessions().ConsumeNonce(ctx, c.Value, *req.RuntimeData.Nonce, now)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		s.fail(w, r, rejectf("no session matches this cookie and runtime-data.nonce"))
@@ -340,7 +343,8 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 func (s *Server) reattest(w http.ResponseWriter, r *http.Request, id string, now time.Time) bool {
 	sess, err := s.store.Sessions().Get(r.Context(), id)
 	if err != nil || len(sess.Claims) == 0 {
-		// No session, or one that has not attested: ConsumeNonce says which.
+		// No session, or one that has not attested: the caller's
+		// ConsumeNonce error says which.
 		return false
 	}
 	if !now.Before(sess.ExpiresAt) {

@@ -61,6 +61,7 @@ func FromConfig(ctx context.Context, cfg Config, st store.Store, log *slog.Logge
 		Keys: st.Keys(), Sealer: sealer,
 		KeyLifetime: cfg.Token.KeyLifetime.Duration, Prepublish: cfg.Token.Prepublish.Duration,
 		MaxTokenTTL: maxTTL, Log: log,
+		Locks: st.Locks(), Changes: st.Changes(), Propagation: cfg.Store.propagation(),
 	})
 	if err != nil {
 		return nil, err

@@ -42,6 +42,13 @@ type Store interface {
 	Keys() Keys
 	// Policies holds policy documents by name.
 	Policies() Policies
+	// Changes carries change notifications between the servers sharing
+	// the store.
+	Changes() Changes
+	// Locks coordinates the servers sharing the store.
+	Locks() Locks
+	// Ping reports whether the store answers, for readiness checks.
+	Ping(ctx context.Context) error
 	// Close releases the store's resources.
 	Close() error
 }

@@ -69,6 +69,19 @@ type Options struct {
 	Now func() time.Time
 	// Log receives rotation events; default discards.
 	Log *slog.Logger
+	// Locks, when set, serialises key creation across every server
+	// sharing the store (Locks.Do), so that replicas never create two
+	// different current keys or CAs.
+	Locks store.Locks
+	// Changes, when set, makes Run reload the keys as soon as another
+	// replica stores or deletes one.
+	Changes store.Changes
+	// Propagation is how long a newly stored key waits before it signs, so
+	// that every replica publishes it first: a key created with nothing
+	// current to overlap (first start, or after a stall) signs only
+	// Propagation after it was stored. Zero (one process) signs at once.
+	// Successors are published Prepublish ahead, which must be longer.
+	Propagation time.Duration
 }
 
 // signingKey is one loaded key.
@@ -110,6 +123,9 @@ func Open(ctx context.Context, opts Options) (*Authority, error) {
 	if opts.Prepublish >= opts.KeyLifetime {
 		return nil, fmt.Errorf("token: prepublish %v must be shorter than the key lifetime %v", opts.Prepublish, opts.KeyLifetime)
 	}
+	if opts.Propagation < 0 || (opts.Propagation > 0 && opts.Prepublish <= opts.Propagation) {
+		return nil, fmt.Errorf("token: prepublish %v must exceed the propagation delay %v", opts.Prepublish, opts.Propagation)
+	}
 	if opts.MaxTokenTTL <= 0 {
 		opts.MaxTokenTTL = time.Hour
 	}
@@ -129,7 +145,34 @@ func Open(ctx context.Context, opts Options) (*Authority, error) {
 	if err := a.Rotate(ctx); err != nil {
 		return nil, err
 	}
+	// A first key signs Propagation after it was stored: wait for it, so
+	// that an Authority is ready to sign when Open returns.
+	if wait := a.untilSigning(); wait > 0 {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("token: waiting for the first key to propagate: %w", context.Cause(ctx))
+		case <-time.After(wait):
+		}
+	}
 	return a, nil
+}
+
+// untilSigning is how long until a loaded key signs: 0 when one does now,
+// or when none ever will.
+func (a *Authority) untilSigning() time.Duration {
+	now := a.opts.Now()
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	var wait time.Duration
+	for _, k := range a.keys {
+		switch {
+		case !now.Before(k.notBefore) && now.Before(k.notAfter):
+			return 0
+		case now.Before(k.notBefore) && (wait == 0 || k.notBefore.Sub(now) < wait):
+			wait = k.notBefore.Sub(now)
+		}
+	}
+	return wait
 }
 
 // RotateInterval is how often Run calls Rotate: often enough that a
@@ -141,8 +184,17 @@ func (a *Authority) RotateInterval() time.Duration {
 // Run calls Rotate every RotateInterval until ctx ends. A failed rotation is
 // logged and retried at the next tick; the current key keeps signing.
 func (a *Authority) Run(ctx context.Context) {
-	periodic.Run(ctx, a.RotateInterval(), 30*time.Second, a.opts.Log, "token key rotation", a.Rotate)
+	var wake <-chan struct{}
+	if a.opts.Changes != nil {
+		var cancel func()
+		wake, cancel = store.Wake(a.opts.Changes, store.TopicKeys)
+		defer cancel()
+	}
+	periodic.RunWake(ctx, a.RotateInterval(), 30*time.Second, a.opts.Log, "token key rotation", wake, a.Rotate)
 }
+
+// lockName is the Locks name under which keys are created.
+const lockName = "token-keys"
 
 // Rotate reloads the keys from the store (so replicas see each other's
 // keys), deletes keys whose last token has expired, and creates the first
@@ -150,6 +202,14 @@ func (a *Authority) Run(ctx context.Context) {
 func (a *Authority) Rotate(ctx context.Context) error {
 	a.rotateMu.Lock()
 	defer a.rotateMu.Unlock()
+	if a.opts.Locks == nil {
+		return a.rotate(ctx)
+	}
+	return a.opts.Locks.Do(ctx, lockName, a.rotate)
+}
+
+// rotate is Rotate under the locks.
+func (a *Authority) rotate(ctx context.Context) error {
 	now := a.opts.Now()
 	cas, err := a.ensureCA(ctx, now)
 	if err != nil {
@@ -171,16 +231,21 @@ func (a *Authority) Rotate(ctx context.Context) error {
 		live = append(live, k)
 	}
 	var cur *store.Key
+	pending := false
 	for i := range live {
 		if !now.Before(live[i].NotBefore) && now.Before(live[i].NotAfter) {
 			cur = &live[i]
 		}
+		pending = pending || now.Before(live[i].NotBefore)
 	}
 	switch {
+	case cur == nil && pending:
+		// A replica stored the next key, which signs once published.
 	case cur == nil:
 		// First start, or rotation stalled past the current key's end:
-		// there is nothing to overlap with, so the new key signs at once.
-		k, err := a.create(ctx, now, now)
+		// there is nothing to overlap with, so the new key signs as soon
+		// as every replica publishes it.
+		k, err := a.create(ctx, now, now.Add(a.opts.Propagation))
 		if err != nil {
 			return err
 		}

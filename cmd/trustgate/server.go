@@ -101,7 +101,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 				return err
 			}
 			fresh := cfg.Store.Driver == "sqlite" && !fileExists(cfg.Store.Path)
-			st, err := broker.OpenStore(ctx, cfg.Store)
+			st, err := broker.OpenStoreLog(ctx, cfg.Store, log)
 			if err != nil {
 				return err
 			}

@@ -12,12 +12,24 @@ import (
 // that expires after timeout. A failed call is logged with what and retried
 // at the next tick.
 func Run(ctx context.Context, interval, timeout time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {
+	RunWake(ctx, interval, timeout, log, what, nil, fn)
+}
+
+// RunWake is Run that also calls fn whenever wake receives, such as when
+// another replica changed what fn reloads (store.Wake).
+func RunWake(ctx context.Context, interval, timeout time.Duration, log *slog.Logger, what string, wake <-chan struct{}, fn func(context.Context) error) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-wake:
+			rctx, cancel := context.WithTimeout(ctx, timeout)
+			if err := fn(rctx); err != nil {
+				log.Error(what, "err", err)
+			}
+			cancel()
 		case <-t.C:
 			rctx, cancel := context.WithTimeout(ctx, timeout)
 			if err := fn(rctx); err != nil {

@@ -49,3 +49,25 @@ func TestRunCallsBoundedAndLogsFailures(t *testing.T) {
 		t.Fatalf("failure not logged: %s", b.sb.String())
 	}
 }
+
+func TestRunWakeCallsOnWake(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	wake := make(chan struct{})
+	called := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		RunWake(ctx, time.Hour, time.Second, slog.New(slog.DiscardHandler), "reload", wake, func(context.Context) error {
+			called <- struct{}{}
+			return nil
+		})
+	}()
+	wake <- struct{}{}
+	select {
+	case <-called:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a wake-up did not call fn")
+	}
+	cancel()
+	<-done
+}

@@ -3,6 +3,7 @@ package postgres
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"slices"
 	"strconv"
@@ -43,6 +44,9 @@ type Options struct {
 	// StatementTimeout is PostgreSQL's statement_timeout on every
 	// connection; zero means DefaultStatementTimeout.
 	StatementTimeout time.Duration
+	// Log receives the change notifier's and the leases' reconnections;
+	// nil discards them.
+	Log *slog.Logger
 }
 
 // poolConfig parses the DSN with the options applied.

@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,7 +31,9 @@ import (
 // DB is a store.Store on one PostgreSQL database (or schema, by the
 // connection's search_path).
 type DB struct {
-	pool *pgxpool.Pool
+	pool   *pgxpool.Pool
+	notify *notifier
+	locks  *locks
 }
 
 var _ store.Store = (*DB)(nil)
@@ -54,8 +57,28 @@ func open(ctx context.Context, opts Options, target int) (*DB, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: %s: %w", describe(cfg), err)
 	}
-	return &DB{pool: pool}, nil
+	var channel string
+	if err := pool.QueryRow(ctx, channelSQL).Scan(&channel); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: %s: %w", describe(cfg), err)
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	db := &DB{pool: pool}
+	db.notify = &notifier{db: db, channel: channel, log: log}
+	db.locks = &locks{db: db, log: log, leaseCheck: time.Second}
+	db.notify.start()
+	return db, nil
 }
+
+// Changes implements store.Store with LISTEN/NOTIFY: writes to entries,
+// keys and policies are announced by triggers when they commit.
+func (db *DB) Changes() store.Changes { return db.notify }
+
+// Locks implements store.Store with advisory locks.
+func (db *DB) Locks() store.Locks { return db.locks }
 
 // describe names the database without its credentials, for messages.
 func describe(cfg *pgxpool.Config) string {
@@ -72,6 +95,7 @@ func (db *DB) Ping(ctx context.Context) error {
 
 // Close closes the connection pool.
 func (db *DB) Close() error {
+	db.notify.stop()
 	db.pool.Close()
 	return nil
 }

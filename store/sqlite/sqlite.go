@@ -45,7 +45,9 @@ type Options struct {
 
 // DB is a store.Store on one SQLite database file.
 type DB struct {
-	w, r *pool
+	w, r  *pool
+	hub   store.Hub
+	locks store.LocalLocks
 }
 
 var _ store.Store = (*DB)(nil)
@@ -151,6 +153,23 @@ func privateFiles(path string) error {
 // Close closes both connection pools.
 func (db *DB) Close() error {
 	return errors.Join(db.r.Close(), db.w.Close())
+}
+
+// Changes implements store.Store: notifications reach the subscribers of
+// this DB, in this process, before the write returns.
+func (db *DB) Changes() store.Changes { return &db.hub }
+
+// Locks implements store.Store: named mutexes in this process; this process
+// always leads.
+func (db *DB) Locks() store.Locks { return &db.locks }
+
+// Ping implements store.Store: a read on the read pool.
+func (db *DB) Ping(ctx context.Context) error {
+	var one int
+	if err := db.r.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("sqlite: ping: %w", err)
+	}
+	return nil
 }
 
 // Sessions implements store.Store.
@@ -382,6 +401,7 @@ func (e entries) Create(ctx context.Context, v store.Entry) (store.Entry, error)
 	if err != nil {
 		return store.Entry{}, err
 	}
+	e.db.hub.Publish(store.Change{Topic: store.TopicEntries})
 	return v, nil
 }
 
@@ -461,6 +481,7 @@ func (e entries) Delete(ctx context.Context, id string) error {
 	if err != nil {
 		return wrap("delete entry", err)
 	}
+	e.db.hub.Publish(store.Change{Topic: store.TopicEntries})
 	return affectedOne("delete entry", res)
 }
 
@@ -519,6 +540,9 @@ func (k keys) Create(ctx context.Context, v store.Key) error {
 	_, err := k.db.w.ExecContext(ctx,
 		`INSERT INTO keys (kind, id, sealed, public, not_before, not_after, created_at) VALUES (?,?,?,?,?,?,?)`,
 		v.Kind, v.ID, v.Sealed, v.Public, ns(v.NotBefore), ns(v.NotAfter), ns(v.CreatedAt))
+	if err == nil {
+		k.db.hub.Publish(store.Change{Topic: store.TopicKeys})
+	}
 	return wrap("create key", err)
 }
 
@@ -547,6 +571,7 @@ func (k keys) Delete(ctx context.Context, kind, id string) error {
 	if err != nil {
 		return wrap("delete key", err)
 	}
+	k.db.hub.Publish(store.Change{Topic: store.TopicKeys})
 	return affectedOne("delete key", res)
 }
 
@@ -567,5 +592,8 @@ func (p policies) Put(ctx context.Context, name, text string) (store.Policy, err
 		`INSERT INTO policies (name, text, revision, updated_at) VALUES (?,?,1,?)
 		 ON CONFLICT (name) DO UPDATE SET text = excluded.text, revision = policies.revision + 1, updated_at = excluded.updated_at
 		 RETURNING revision`, name, text, ns(v.UpdatedAt)).Scan(&v.Revision)
+	if err == nil {
+		p.db.hub.Publish(store.Change{Topic: store.TopicPolicies})
+	}
 	return v, wrap("put policy", err)
 }

@@ -388,3 +388,14 @@ func TestEntryTablesRebuilt(t *testing.T) {
 		t.Fatalf("%d of the entry tables are WITHOUT ROWID (%v), want 2", withoutRowid, err)
 	}
 }
+
+func TestReplicas(t *testing.T) {
+	storetest.RunReplicas(t, func(t *testing.T) (store.Store, store.Store) {
+		db, err := Open(context.Background(), filepath.Join(t.TempDir(), "db"), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = db.Close() })
+		return db, db
+	})
+}

@@ -60,7 +60,8 @@ const maxRetries = 3
 func (p *Plugin) Rotate(ctx context.Context) error {
 	p.rotateMu.Lock()
 	defer p.rotateMu.Unlock()
-	return p.rotateLocked(ctx)
+	// Under the store's lock, one replica at a time creates CAs.
+	return p.locks.Do(ctx, "nebula-ca", p.rotateLocked)
 }
 
 // RefreshInterval is how often Run calls Rotate.
@@ -71,7 +72,9 @@ const RefreshInterval = time.Minute
 // failed rotation is logged and retried at the next tick; the current CA
 // keeps signing while it is valid.
 func (p *Plugin) Run(ctx context.Context) {
-	periodic.Run(ctx, RefreshInterval, 30*time.Second, p.log, "nebula-ca rotation", p.Rotate)
+	wake, cancel := store.Wake(p.changes, store.TopicKeys)
+	defer cancel()
+	periodic.RunWake(ctx, RefreshInterval, 30*time.Second, p.log, "nebula-ca rotation", wake, p.Rotate)
 }
 
 func (p *Plugin) rotateLocked(ctx context.Context) error {

@@ -52,6 +52,8 @@ type Plugin struct {
 	caNets   []netip.Prefix
 	caUnsafe []netip.Prefix
 	keys     store.Keys
+	locks    store.Locks
+	changes  store.Changes
 	sealer   *seal.Sealer
 	log      *slog.Logger
 	now      func() time.Time
@@ -77,7 +79,7 @@ func New(ctx context.Context, cfg Config, st store.Store, sealer *seal.Sealer, l
 		now = time.Now
 	}
 	curve, _ := parseCurve(cfg.Curve) // Validate checked it
-	p := &Plugin{cfg: cfg, curve: curve, keys: st.Keys(), sealer: sealer, log: log, now: now}
+	p := &Plugin{cfg: cfg, curve: curve, keys: st.Keys(), locks: st.Locks(), changes: st.Changes(), sealer: sealer, log: log, now: now}
 	for _, s := range cfg.CANetworks {
 		p.caNets = append(p.caNets, netip.MustParsePrefix(s))
 	}

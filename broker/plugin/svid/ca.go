@@ -402,6 +402,12 @@ func seqSpan(keys []store.Key) uint64 {
 func (p *Plugin) Rotate(ctx context.Context) error {
 	p.rotateMu.Lock()
 	defer p.rotateMu.Unlock()
+	// Under the store's lock, one replica at a time creates keys: replicas
+	// starting in different key terms cannot create two first keys.
+	return p.store.Locks().Do(ctx, "svid-keys", p.rotateLocked)
+}
+
+func (p *Plugin) rotateLocked(ctx context.Context) error {
 	now := p.now()
 	rootKeys, err := p.rotate(ctx, p.roots(), now)
 	if err != nil {

@@ -75,6 +75,9 @@ func New(ctx context.Context, cfg Config, td spiffeid.TrustDomain, st store.Stor
 		now = time.Now
 	}
 	p := &Plugin{cfg: cfg, td: td, store: st, sealer: sealer, log: log, now: now, entries: &entryCache{ttl: cfg.EntryCacheTTL.Duration}}
+	// For the store's lifetime: a deleted entry stops granting as soon as
+	// any replica's write is announced.
+	st.Changes().Subscribe(store.TopicEntries, p.entries.invalidate)
 	if err := p.Rotate(ctx); err != nil {
 		return nil, err
 	}
@@ -91,7 +94,9 @@ func (p *Plugin) RotateInterval() time.Duration {
 // Run calls Rotate every RotateInterval until ctx ends. A failed rotation
 // is logged and retried at the next tick; current keys keep signing.
 func (p *Plugin) Run(ctx context.Context) {
-	periodic.Run(ctx, p.RotateInterval(), 30*time.Second, p.log, "svid key rotation", p.Rotate)
+	wake, cancel := store.Wake(p.store.Changes(), store.TopicKeys)
+	defer cancel()
+	periodic.RunWake(ctx, p.RotateInterval(), 30*time.Second, p.log, "svid key rotation", wake, p.Rotate)
 }
 
 // Name implements plugin.Plugin.
