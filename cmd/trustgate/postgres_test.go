@@ -45,6 +45,7 @@ max_conns = 4
 seal_key_file = %q
 [admin]
 public_key_file = %q
+socket_path = ""
 [tls]
 bundle_file = %q
 `, sealKey, admin.PublicKeyFile, filepath.Join(dir, "bundle.pem"))), 0o600); err != nil {

@@ -86,6 +86,9 @@ global_per_second = 0.0
 seal_key_file = %q
 [admin]
 public_key_file = %q
+socket_path = ""
+[tls]
+mode = "off"
 [attestors.sample]
 enabled = true
 [attestors.join_token]
