@@ -65,7 +65,10 @@ func cgroupPath(cgroupsPath string) (string, bool) {
 	}
 	if strings.HasPrefix(cgroupsPath, "/") {
 		p := path.Clean(cgroupsPath)
-		return p, p != "/"
+		if p == "/" {
+			return "", false
+		}
+		return p, true
 	}
 	parts := strings.Split(cgroupsPath, ":")
 	if len(parts) != 3 || parts[2] == "" {
