@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/nri/pkg/stub"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/trustgate/trustgate/agent/attestor/nri"
 	"github.com/trustgate/trustgate/agent/cache"
 	"github.com/trustgate/trustgate/agent/internal/testca"
@@ -29,7 +30,6 @@ import (
 	"github.com/trustgate/trustgate/nrigate"
 	"github.com/trustgate/trustgate/nrigate/nrilog"
 	"github.com/trustgate/trustgate/pluginauth"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 func TestMain(m *testing.M) {
