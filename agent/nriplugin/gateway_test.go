@@ -121,6 +121,38 @@ type env struct {
 	cfg  nrigate.Config
 	logs *lockedBuffer
 	key  *pluginauth.PrivateKey
+	stop func()
+}
+
+// startGateway runs a gateway with e.cfg until stop or the test's end.
+func (e *env) startGateway(t *testing.T) {
+	t.Helper()
+	before := len(e.logs.records())
+	g, err := nrigate.New(e.cfg, slog.New(slog.NewJSONHandler(e.logs, nil)), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	var once sync.Once
+	e.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("gateway: %v", err)
+			}
+		})
+	}
+	t.Cleanup(e.stop)
+	eventually(t, "the gateway to accept plugins", func() error {
+		for _, r := range e.logs.records()[before:] {
+			if r["msg"] == "accepting plugins" {
+				return nil
+			}
+		}
+		return errors.New("not yet")
+	})
 }
 
 func newEnv(t *testing.T, pods []*api.PodSandbox, ctrs []*api.Container) *env {
@@ -158,27 +190,7 @@ func newEnv(t *testing.T, pods []*api.PodSandbox, ctrs []*api.Container) *env {
 	c.StateDir = filepath.Join(dir, "state")
 	c.AllowedPeerUIDs = []uint32{uint32(os.Getuid())}
 	e.cfg = c
-	g, err := nrigate.New(c, slog.New(slog.NewJSONHandler(e.logs, nil)), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway: %v", err)
-		}
-	})
-	eventually(t, "the gateway to accept plugins", func() error {
-		for _, r := range e.logs.records() {
-			if r["msg"] == "accepting plugins" {
-				return nil
-			}
-		}
-		return errors.New("not yet")
-	})
+	e.startGateway(t)
 	return e
 }
 
@@ -452,5 +464,69 @@ func TestAgentKeyIsRefusedBeyondItsRole(t *testing.T) {
 				t.Fatalf("no audited denial of %s; denials %q; error %v", tc.field, denied, err)
 			}
 		})
+	}
+}
+
+// TestReconnectResynchronizes: when the gateway restarts, the plugin
+// reconnects by itself, and the runtime's Synchronize rebuilds the index:
+// a container that started meanwhile is known, one that went is not, and
+// the plugin answers no updates.
+func TestReconnectResynchronizes(t *testing.T) {
+	web := pod("web", "demo", map[string]string{"app": "web"}, nil)
+	first := ctr(web, "first")
+	first.State = api.ContainerState_CONTAINER_RUNNING
+	e := newEnv(t, []*api.PodSandbox{web}, []*api.Container{first})
+	// Two processes, one in each container's cgroup, as /proc shows them.
+	proc := t.TempDir()
+	for pid, id := range map[string]string{"1001": "first", "1002": "second"} {
+		if err := os.MkdirAll(filepath.Join(proc, pid), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(proc, pid, "cgroup"), []byte("0::/kubepods/web/"+id+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := nri.New(nri.Config{ProcRoot: proc})
+	e.startPlugin(t, a, matchCache(t), "")
+	eventually(t, "the first Synchronize", func() error {
+		if sel, _ := a.Attest(context.Background(), 1001); len(sel) == 0 {
+			return errors.New("the running container is not known")
+		}
+		return nil
+	})
+	e.stop()
+	second := ctr(web, "second")
+	second.State = api.ContainerState_CONTAINER_RUNNING
+	e.rt.mu.Lock()
+	e.rt.ctrs = []*api.Container{second}
+	synced := len(e.rt.synced)
+	e.rt.mu.Unlock()
+	e.startGateway(t)
+	eventually(t, "the plugin to reconnect and resynchronize", func() error {
+		rsp, err := e.create(web, ctr(web, "third"))
+		if err != nil {
+			return err
+		}
+		if m, _ := injected(rsp); m == nil {
+			return fmt.Errorf("not injected: %v", rsp.GetAdjust())
+		}
+		return nil
+	})
+	e.rt.mu.Lock()
+	defer e.rt.mu.Unlock()
+	if len(e.rt.synced) <= synced {
+		t.Fatal("no Synchronize after the restart")
+	}
+	for _, u := range e.rt.synced {
+		if len(u) != 0 {
+			t.Errorf("Synchronize answered updates %v", u)
+		}
+	}
+	ctx := context.Background()
+	if sel, err := a.Attest(ctx, 1001); err != nil || len(sel) != 0 {
+		t.Fatalf("a process of the container that went: %v %v", sel, err)
+	}
+	if sel, err := a.Attest(ctx, 1002); err != nil || !slices.Contains(sel, cache.Selector{Type: "nri", Value: "container-id:second"}) {
+		t.Fatalf("a process of the container that started meanwhile: %v %v", sel, err)
 	}
 }
