@@ -212,7 +212,7 @@ func (p *Plugin) wants(pod *api.PodSandbox, ctr *api.Container) bool {
 	if a := p.cfg.OptInAnnotation; a != "" && pod.GetAnnotations()[a] == "true" {
 		return true
 	}
-	return p.cfg.Match != nil && p.cfg.Match(p.cfg.Attestor.Selectors(pod, ctr))
+	return p.cfg.Match != nil && p.cfg.Match(nri.Selectors(pod, ctr))
 }
 
 // Adjustment returns what the plugin adds to a container being created:
@@ -247,7 +247,6 @@ func (p *Plugin) Adjustment(pod *api.PodSandbox, ctr *api.Container) *api.Contai
 type handler struct{ p *Plugin }
 
 func (h *handler) Configure(_ context.Context, _, runtime, version string) (api.EventMask, error) {
-	h.p.cfg.Attestor.SetRuntime(runtime)
 	h.p.log.Info("nriplugin: configured", "runtime", runtime, "version", version)
 	return 0, nil // every event the handler implements
 }
@@ -257,8 +256,6 @@ func (h *handler) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []
 	h.p.log.Info("nriplugin: synchronized", "pods", len(pods), "containers", len(ctrs), "indexed", h.p.cfg.Attestor.Len())
 	return nil, nil // running containers are left as they are
 }
-
-func (h *handler) RunPodSandbox(context.Context, *api.PodSandbox) error { return nil }
 
 func (h *handler) StopPodSandbox(_ context.Context, pod *api.PodSandbox) error {
 	h.p.cfg.Attestor.RemovePod(pod.GetId())

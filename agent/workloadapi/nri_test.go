@@ -45,7 +45,6 @@ func nriSelf(tb testing.TB) (*nri.Attestor, *api.PodSandbox) {
 		}
 	}
 	a := nri.New(cfg)
-	a.SetRuntime("containerd")
 	pod := &api.PodSandbox{Id: "podweb", Name: "web-0", Namespace: "demo", Uid: "u-web", Labels: map[string]string{"app": "web"}}
 	ctr := &api.Container{Id: "ctrweb", PodSandboxId: pod.Id, Name: "app", State: api.ContainerState_CONTAINER_RUNNING,
 		Linux: &api.LinuxContainer{CgroupsPath: cgroup}}

@@ -59,12 +59,11 @@ type container struct {
 
 // Attestor implements attestor.WorkloadAttestor and attestor.Watcher from
 // NRI's view of the node. Its index is fed by the NRI plugin through
-// SetRuntime, Synchronize, StartContainer, RemoveContainer and RemovePod.
+// Synchronize, StartContainer, RemoveContainer and RemovePod.
 type Attestor struct {
 	proc string
 
 	mu      sync.RWMutex
-	runtime string
 	ctrs    map[string]*container
 	cgroups map[string]*container
 }
@@ -80,23 +79,6 @@ func New(cfg Config) *Attestor {
 
 // Name returns "nri".
 func (*Attestor) Name() string { return "nri" }
-
-// SetRuntime records the runtime's name (from NRI's Configure), reported as
-// nri:runtime.
-func (a *Attestor) SetRuntime(name string) {
-	a.mu.Lock()
-	a.runtime = name
-	a.mu.Unlock()
-}
-
-// Selectors returns the selectors a container of pod has, with the
-// runtime's name as this attestor knows it.
-func (a *Attestor) Selectors(pod *api.PodSandbox, ctr *api.Container) []attestor.Selector {
-	a.mu.RLock()
-	rt := a.runtime
-	a.mu.RUnlock()
-	return Selectors(rt, pod, ctr)
-}
 
 // Attest returns the nri and k8s selectors of the container pid runs in,
 // and none for a process outside every known container.
@@ -163,8 +145,8 @@ func (a *Attestor) procCgroups(pid int32) ([]string, error) {
 
 // newContainer builds the index entry of a container: its selectors and
 // its cgroup paths.
-func (a *Attestor) newContainer(rt string, pod *api.PodSandbox, ctr *api.Container) *container {
-	c := &container{id: ctr.GetId(), podID: ctr.GetPodSandboxId(), sel: Selectors(rt, pod, ctr), gone: make(chan struct{})}
+func (a *Attestor) newContainer(pod *api.PodSandbox, ctr *api.Container) *container {
+	c := &container{id: ctr.GetId(), podID: ctr.GetPodSandboxId(), sel: Selectors(pod, ctr), gone: make(chan struct{})}
 	if c.podID == "" {
 		c.podID = pod.GetId()
 	}
@@ -227,16 +209,13 @@ func (a *Attestor) Synchronize(pods []*api.PodSandbox, ctrs []*api.Container) {
 	for _, p := range pods {
 		byID[p.GetId()] = p
 	}
-	a.mu.RLock()
-	rt := a.runtime
-	a.mu.RUnlock()
 	fresh := map[string]*container{}
 	for _, ctr := range ctrs {
 		pod, ok := byID[ctr.GetPodSandboxId()]
 		if !ok || ctr.GetState() == api.ContainerState_CONTAINER_STOPPED {
 			continue
 		}
-		fresh[ctr.GetId()] = a.newContainer(rt, pod, ctr)
+		fresh[ctr.GetId()] = a.newContainer(pod, ctr)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -253,10 +232,7 @@ func (a *Attestor) Synchronize(pods []*api.PodSandbox, ctrs []*api.Container) {
 // StartContainer indexes a container as it starts; the runtime reports its
 // init PID then.
 func (a *Attestor) StartContainer(pod *api.PodSandbox, ctr *api.Container) {
-	a.mu.RLock()
-	rt := a.runtime
-	a.mu.RUnlock()
-	c := a.newContainer(rt, pod, ctr)
+	c := a.newContainer(pod, ctr)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.addLocked(c)

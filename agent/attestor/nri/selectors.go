@@ -29,11 +29,10 @@ var kubeletPodLabels = map[string]bool{
 // describes them in NRI: SPIRE's k8s names for what the kubelet asked for
 // (k8s:ns, k8s:pod-name, k8s:pod-uid, k8s:pod-label, k8s:container-name,
 // k8s:container-image), and nri: ones for what the runtime itself knows
-// (nri:pod-id, nri:container-id, nri:runtime, nri:runtime-handler,
-// nri:image-id). runtime is the runtime's name from NRI's Configure; empty
-// leaves nri:runtime out. Fields the runtime left empty give no selector.
-// k8s:sa is never produced: the CRI does not carry the service account.
-func Selectors(runtime string, pod *api.PodSandbox, ctr *api.Container) []attestor.Selector {
+// (nri:pod-id, nri:container-id, nri:runtime-handler, nri:image-id). Fields the runtime left empty give no selector. k8s:sa is
+// never produced: the CRI does not carry the service account. Nor is the
+// runtime's name: behind the NRI gateway, a plugin is told the gateway's.
+func Selectors(pod *api.PodSandbox, ctr *api.Container) []attestor.Selector {
 	var out []attestor.Selector
 	add := func(typ, key, value string) {
 		if value != "" {
@@ -66,7 +65,6 @@ func Selectors(runtime string, pod *api.PodSandbox, ctr *api.Container) []attest
 		add("nri", "container-id", ctr.GetId())
 		add("nri", "image-id", ctr.GetImage().GetConfigDigest())
 	}
-	add("nri", "runtime", runtime)
 	slices.SortFunc(out, func(x, y attestor.Selector) int {
 		return cmp.Or(strings.Compare(x.Type, y.Type), strings.Compare(x.Value, y.Value))
 	})
