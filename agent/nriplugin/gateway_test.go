@@ -81,7 +81,7 @@ type runtime struct {
 	upd    []*api.ContainerUpdate   // unsolicited updates
 }
 
-func newRuntime(t *testing.T, dir string, pods []*api.PodSandbox, ctrs []*api.Container) *runtime {
+func newRuntime(t testing.TB, dir string, pods []*api.PodSandbox, ctrs []*api.Container) *runtime {
 	t.Helper()
 	r := &runtime{socket: filepath.Join(dir, "containerd-nri.sock"), pods: pods, ctrs: ctrs}
 	syncFn := func(ctx context.Context, cb adaptation.SyncCB) error {
@@ -125,7 +125,7 @@ type env struct {
 }
 
 // startGateway runs a gateway with e.cfg until stop or the test's end.
-func (e *env) startGateway(t *testing.T) {
+func (e *env) startGateway(t testing.TB) {
 	t.Helper()
 	before := len(e.logs.records())
 	g, err := nrigate.New(e.cfg, slog.New(slog.NewJSONHandler(e.logs, nil)), prometheus.NewRegistry())
@@ -155,7 +155,7 @@ func (e *env) startGateway(t *testing.T) {
 	})
 }
 
-func newEnv(t *testing.T, pods []*api.PodSandbox, ctrs []*api.Container) *env {
+func newEnv(t testing.TB, pods []*api.PodSandbox, ctrs []*api.Container, mutate ...func(*nrigate.Config)) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the shipped role's socket directory is under /run: needs root")
@@ -189,12 +189,15 @@ func newEnv(t *testing.T, pods []*api.PodSandbox, ctrs []*api.Container) *env {
 	c.Socket = filepath.Join(dir, "gw.sock")
 	c.StateDir = filepath.Join(dir, "state")
 	c.AllowedPeerUIDs = []uint32{uint32(os.Getuid())}
+	for _, m := range mutate {
+		m(&c)
+	}
 	e.cfg = c
 	e.startGateway(t)
 	return e
 }
 
-func eventually(t *testing.T, what string, cond func() error) {
+func eventually(t testing.TB, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -219,7 +222,7 @@ func ctr(p *api.PodSandbox, id string) *api.Container {
 }
 
 // startPlugin runs the agent's plugin against the gateway with the key.
-func (e *env) startPlugin(t *testing.T, a *nri.Attestor, match func([]cache.Selector) bool, optIn string) {
+func (e *env) startPlugin(t testing.TB, a *nri.Attestor, match func([]cache.Selector) bool, optIn string) {
 	t.Helper()
 	p, err := nriplugin.New(nriplugin.Config{
 		GatewaySocket: e.cfg.Socket, Key: e.key, Attestor: a,
@@ -255,7 +258,7 @@ func injected(rsp *api.CreateContainerResponse) (mount *api.Mount, env string) {
 
 // matchCache is the agent's cache holding one entry for k8s:ns:demo and
 // k8s:pod-label:app:web, as issue 14's demo registers.
-func matchCache(t *testing.T) func([]cache.Selector) bool {
+func matchCache(t testing.TB) func([]cache.Selector) bool {
 	t.Helper()
 	ca, err := testca.New(spiffeid.RequireTrustDomainFromString("example.org"), time.Hour)
 	if err != nil {
