@@ -418,22 +418,33 @@ func TestAgentKeyIsRefusedBeyondItsRole(t *testing.T) {
 		{"an annotation", "Annotations", func(a *api.ContainerAdjustment) { a.AddAnnotation("x", "y") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			conn, err := pluginauth.Dial(ctx, e.cfg.Socket, e.key, nriplugin.DefaultPluginName, nriplugin.DefaultPluginIndex)
-			if err != nil {
-				t.Fatal(err)
-			}
-			closed := make(chan struct{})
-			s, err := stub.New(&rawPlugin{adjust: tc.adjust}, stub.WithPluginName(nriplugin.DefaultPluginName),
-				stub.WithPluginIdx(nriplugin.DefaultPluginIndex), stub.WithConnection(conn), stub.WithOnClose(func() { close(closed) }))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Start(ctx); err != nil {
-				t.Fatal(err)
-			}
+			// The previous subtest's connection may still hold the name in
+			// the gateway for a moment: retry until registered.
+			var s stub.Stub
+			var closed chan struct{}
+			eventually(t, "registration", func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				conn, err := pluginauth.Dial(ctx, e.cfg.Socket, e.key, nriplugin.DefaultPluginName, nriplugin.DefaultPluginIndex)
+				if err != nil {
+					return err
+				}
+				closed = make(chan struct{})
+				done := closed
+				s, err = stub.New(&rawPlugin{adjust: tc.adjust}, stub.WithPluginName(nriplugin.DefaultPluginName),
+					stub.WithPluginIdx(nriplugin.DefaultPluginIndex), stub.WithConnection(conn), stub.WithOnClose(func() { close(done) }))
+				if err != nil {
+					conn.Close()
+					return err
+				}
+				if err := s.Start(ctx); err != nil {
+					conn.Close()
+					return err
+				}
+				return nil
+			})
 			defer func() { s.Stop(); <-closed }()
+			var err error
 			p := pod("p-"+strings.ReplaceAll(tc.name, " ", "-"), "demo", nil, nil)
 			before := len(e.logs.records())
 			var rsp *api.CreateContainerResponse
