@@ -584,7 +584,7 @@ func TestShippedExampleConfigIsValid(t *testing.T) {
 	if err := config.LoadFile(filepath.Join("..", "examples", "nri-gateway.toml"), &c); err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Roles) != 3 || c.Roles[1].Policy.Seccomp.Mode != seccomp.ModeTightenOnly || !c.Roles[0].Policy.Mounts.ReadOnly {
+	if len(c.Roles) != 3 || c.Roles[0].Role != "workload-identity" || c.Roles[1].Policy.Seccomp.Mode != seccomp.ModeTightenOnly || !c.Roles[0].Policy.Mounts.ReadOnly {
 		t.Fatalf("example decoded as %+v", c.Roles)
 	}
 	var d Config

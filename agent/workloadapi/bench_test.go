@@ -12,14 +12,16 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	swl "github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/trustgate/trustgate/agent/attestor/unix"
+	"github.com/trustgate/trustgate/agent/cache"
 )
 
 // benchFetch measures warm fetches by n concurrent go-spiffe clients, each
 // on its own connection, and reports p50, p99 and throughput.
-func benchFetch(b *testing.B, fetch func(context.Context, *swl.Client) error) {
+func benchFetch(b *testing.B, o options, entry cache.Entry, fetch func(context.Context, *swl.Client) error) {
 	for _, n := range []int{1, 16} {
 		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
-			e := newEnv(b, options{}, uidEntry("e1", "spiffe://example.org/me", os.Getuid()))
+			e := newEnv(b, o, entry)
 			ctx := ctxT(b)
 			clients := make([]*swl.Client, n)
 			for i := range clients {
@@ -77,7 +79,7 @@ func benchFetch(b *testing.B, fetch func(context.Context, *swl.Client) error) {
 // opened, the first response read, the stream closed) against a warm
 // cache, each call attested by the unix attestor.
 func BenchmarkFetchX509SVID(b *testing.B) {
-	benchFetch(b, func(ctx context.Context, c *swl.Client) error {
+	benchFetch(b, options{}, uidEntry("e1", "spiffe://example.org/me", os.Getuid()), func(ctx context.Context, c *swl.Client) error {
 		_, err := c.FetchX509SVID(ctx)
 		return err
 	})
@@ -86,8 +88,25 @@ func BenchmarkFetchX509SVID(b *testing.B) {
 // BenchmarkFetchJWTSVID: go-spiffe's Client.FetchJWTSVID served from the
 // JWT-SVID cache.
 func BenchmarkFetchJWTSVID(b *testing.B) {
-	benchFetch(b, func(ctx context.Context, c *swl.Client) error {
+	benchFetch(b, options{}, uidEntry("e1", "spiffe://example.org/me", os.Getuid()), func(ctx context.Context, c *swl.Client) error {
 		_, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "bench"})
 		return err
+	})
+}
+
+// BenchmarkFetchX509SVIDByAttestor compares, in one run, the same fetch
+// attested by the unix attestor (entry unix:uid) and by the nri attestor
+// (entry k8s:ns and k8s:pod-label, the caller a container it knows).
+func BenchmarkFetchX509SVIDByAttestor(b *testing.B) {
+	fetch := func(ctx context.Context, c *swl.Client) error {
+		_, err := c.FetchX509SVID(ctx)
+		return err
+	}
+	b.Run("attestor=unix", func(b *testing.B) {
+		benchFetch(b, options{attestor: unix.New(unix.Config{})}, uidEntry("e1", "spiffe://example.org/me", os.Getuid()), fetch)
+	})
+	b.Run("attestor=nri", func(b *testing.B) {
+		a, _ := nriSelf(b)
+		benchFetch(b, options{attestor: a}, webEntry(), fetch)
 	})
 }

@@ -157,25 +157,84 @@ func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 // attest returns the caller's selectors, then checks that the caller is
 // still the process that connected.
 func (s *Server) attest(ctx context.Context) ([]attestor.Selector, error) {
+	sel, _, err := s.attestWatch(ctx)
+	return sel, err
+}
+
+// attestWatch is attest, and returns the attestor's channel that closes
+// when the selectors may have been withdrawn (see attestor.Watcher); nil
+// when they cannot be.
+func (s *Server) attestWatch(ctx context.Context) ([]attestor.Selector, <-chan struct{}, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return nil, status.Error(codes.Internal, "no peer information")
+		return nil, nil, status.Error(codes.Internal, "no peer information")
 	}
 	c, ok := p.AuthInfo.(*Caller)
 	if !ok {
-		return nil, status.Error(codes.Internal, "no caller credentials")
+		return nil, nil, status.Error(codes.Internal, "no caller credentials")
 	}
-	sel, err := s.cfg.Attestor.Attest(ctx, c.PID)
+	sel, changed, err := attestor.AttestWatch(ctx, s.cfg.Attestor, c.PID)
 	if err != nil {
 		s.log.Warn("workloadapi: workload attestation failed", "pid", c.PID, "err", err)
-		return nil, status.Error(codes.Internal, "workload attestation failed")
+		return nil, nil, status.Error(codes.Internal, "workload attestation failed")
 	}
 	if err := c.Alive(); err != nil {
 		s.log.Warn("workloadapi: caller changed during attestation", "pid", c.PID, "err", err)
-		return nil, status.Errorf(codes.Unauthenticated, "could not verify existence of the original caller: %v", err)
+		return nil, nil, status.Errorf(codes.Unauthenticated, "could not verify existence of the original caller: %v", err)
 	}
-	return sel, nil
+	return sel, changed, nil
 }
+
+// watched is a stream's subscription to the cache for its caller's
+// selectors, renewed when the attestor withdraws them.
+type watched struct {
+	s       *Server
+	ctx     context.Context
+	sub     *cache.Subscription
+	changed <-chan struct{}
+}
+
+func (s *Server) watch(ctx context.Context) (*watched, error) {
+	w := &watched{s: s, ctx: ctx}
+	if err := w.renew(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// renew attests the caller again and subscribes with its new selectors;
+// the new subscription delivers the caller's current state at once.
+func (w *watched) renew() error {
+	sel, changed, err := w.s.attestWatch(w.ctx)
+	if err != nil {
+		return err
+	}
+	if w.sub != nil {
+		w.sub.Close()
+	}
+	w.sub, w.changed = w.s.cfg.Cache.Subscribe(sel), changed
+	return nil
+}
+
+// next returns the next update for the caller, or the stream's end: nil
+// and nil when the client went away, an error when the caller could not be
+// attested again.
+func (w *watched) next() (*cache.WorkloadUpdate, error) {
+	for {
+		select {
+		case <-w.ctx.Done():
+			return nil, nil
+		case u := <-w.sub.Updates():
+			return u, nil
+		case <-w.changed:
+			if err := w.renew(); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+func (w *watched) close() { w.sub.Close() }
 
 var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
 
@@ -184,31 +243,28 @@ var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
 // added, changed or removed). When the caller is left with no identity the
 // stream ends with PermissionDenied, as SPIRE's does.
 func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
-	ctx := stream.Context()
-	sel, err := s.attest(ctx)
+	w, err := s.watch(stream.Context())
 	if err != nil {
 		return err
 	}
-	sub := s.cfg.Cache.Subscribe(sel)
-	defer sub.Close()
+	defer w.close()
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case u := <-sub.Updates():
-			if len(u.Identities) == 0 {
-				if u.Pending > 0 {
-					continue // matching entries whose SVIDs are on their way
-				}
-				return errNoIdentity
+		u, err := w.next()
+		if u == nil {
+			return err
+		}
+		if len(u.Identities) == 0 {
+			if u.Pending > 0 {
+				continue // matching entries whose SVIDs are on their way
 			}
-			resp, ok := x509SVIDResponse(u)
-			if !ok {
-				continue // an SVID's trust bundle is not known yet
-			}
-			if err := stream.Send(resp); err != nil {
-				return err
-			}
+			return errNoIdentity
+		}
+		resp, ok := x509SVIDResponse(u)
+		if !ok {
+			continue // an SVID's trust bundle is not known yet
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
 		}
 	}
 }
@@ -273,30 +329,28 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 }
 
 func (s *Server) streamBundles(ctx context.Context, send func(*cache.WorkloadUpdate) error) error {
-	sel, err := s.attest(ctx)
+	w, err := s.watch(ctx)
 	if err != nil {
 		return err
 	}
-	sub := s.cfg.Cache.Subscribe(sel)
-	defer sub.Close()
+	defer w.close()
 	sent := false
 	var rev uint64
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case u := <-sub.Updates():
-			if !s.entitled(u) {
-				return errNoIdentity
-			}
-			if len(u.Bundles) == 0 || (sent && u.BundlesRevision == rev) {
-				continue
-			}
-			if err := send(u); err != nil {
-				return err
-			}
-			sent, rev = true, u.BundlesRevision
+		u, err := w.next()
+		if u == nil {
+			return err
 		}
+		if !s.entitled(u) {
+			return errNoIdentity
+		}
+		if len(u.Bundles) == 0 || (sent && u.BundlesRevision == rev) {
+			continue
+		}
+		if err := send(u); err != nil {
+			return err
+		}
+		sent, rev = true, u.BundlesRevision
 	}
 }
 
