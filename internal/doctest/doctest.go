@@ -57,7 +57,7 @@ var Kinds = map[string]bool{"run": true, "config": true, "input": true, "rego": 
 
 var (
 	markerRE = regexp.MustCompile(`^\s*<!--\s*doctest:\s*(.*?)\s*-->\s*$`)
-	attrRE   = regexp.MustCompile(`^([A-Za-z0-9_.-]+)=("((?:[^"\\]|\\.)*)"|\S+)`)
+	attrRE   = regexp.MustCompile(`^([A-Za-z0-9_.-]+)=("((?:[^"\\]|\\.)*)"|[^"\s]\S*)`)
 )
 
 // Parse returns the fenced blocks of a Markdown document. It fails on a

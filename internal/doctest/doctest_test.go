@@ -256,6 +256,7 @@ func runSession(t *testing.T, runs []Block, files map[string]string) {
 		if outs[i+1] == nil {
 			t.Fatalf("%s: the block failed (%v)\nstdout:\n%s\nstderr:\n%s", b.Where(), runErr, deref(outs[i]), stderr.String())
 		}
+		t.Logf("%s: output:\n%s", b.Where(), *outs[i])
 		if re := b.Attrs["expect"]; re != "" {
 			if !regexp.MustCompile(re).MatchString(*outs[i]) {
 				t.Errorf("%s: output does not match expect=%q:\n%s\nstderr:\n%s", b.Where(), re, *outs[i], stderr.String())
