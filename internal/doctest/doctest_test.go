@@ -404,3 +404,37 @@ func startDevServer(t *testing.T, bin string) devServer {
 	}
 	return devServer{}
 }
+
+// docs/architecture.md names every package of the module.
+func TestArchitectureNamesEveryPackage(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}}", "github.com/trustgate/trustgate/...").Output()
+	if err != nil {
+		t.Skipf("go list: %v", err)
+	}
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "architecture.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		rel := strings.TrimPrefix(pkg, "github.com/trustgate/trustgate/")
+		if !strings.Contains(string(doc), "| `"+rel+"` |") {
+			t.Errorf("docs/architecture.md: package %s has no row in the package tables", rel)
+		}
+	}
+}
+
+// The documents carry no internal notes: no to-do markers, no pointers
+// outside the repository.
+func TestDocsHaveNoInternalNotes(t *testing.T) {
+	for _, path := range documents(t) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, bad := range []string{"TODO", "FIXME", "DESIGN.md", "/work/", "the lead ", "steering repository"} {
+			if i := strings.Index(string(data), bad); i >= 0 {
+				t.Errorf("%s:%d: internal note %q", path, 1+strings.Count(string(data[:i]), "\n"), bad)
+			}
+		}
+	}
+}
