@@ -11,7 +11,14 @@
 //
 //   - run: a sh block that the test runs with bash against a real
 //     `trustgate server --dev`; attribute expect=REGEXP must match the
-//     block's standard output.
+//     block's standard output, and needs="tool ..." names the commands it
+//     needs beyond bash, curl and openssl (the document's run blocks are
+//     skipped where one is missing). The run blocks of one document run in
+//     order in one bash process (set -euo pipefail), in a fresh directory,
+//     with TRUSTGATE_ADMIN_TOKEN set to the dev server's admin token and
+//     the built trustgate first in PATH; the text 127.0.0.1:8080 becomes
+//     the dev server's address and `go run ./cmd/trustgate` becomes
+//     `trustgate`.
 //   - config: a toml block decoded strictly into the configuration type
 //     named by type= (broker, nri-gateway); validate=true also validates
 //     the result, on top of the embedded defaults.
