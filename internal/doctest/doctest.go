@@ -18,7 +18,8 @@
 //     with TRUSTGATE_ADMIN_TOKEN set to the dev server's admin token and
 //     the built trustgate first in PATH; the text 127.0.0.1:8080 becomes
 //     the dev server's address and `go run ./cmd/trustgate` becomes
-//     `trustgate`.
+//     `trustgate`. setup=NAME runs testdata/NAME.sh first, in the same
+//     shell: setup=attest attests with the sample TEE and sets TOKEN.
 //   - config: a toml block decoded strictly into the configuration type
 //     named by type= (broker, nri-gateway); validate=true also validates
 //     the result, on top of the embedded defaults.

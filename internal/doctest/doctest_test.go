@@ -235,7 +235,18 @@ func runSession(t *testing.T, runs []Block, files map[string]string) {
 	var script strings.Builder
 	script.WriteString("set -euo pipefail\n")
 	for i, b := range runs {
-		text := strings.ReplaceAll(b.Text, docAddr, srv.addr)
+		text := b.Text
+		for _, name := range strings.Split(b.Attrs["setup"], ",") {
+			if name == "" {
+				continue
+			}
+			setup, err := os.ReadFile(filepath.Join("testdata", name+".sh"))
+			if err != nil {
+				t.Fatalf("%s: setup=%s: %v", b.Where(), name, err)
+			}
+			text = string(setup) + text
+		}
+		text = strings.ReplaceAll(text, docAddr, srv.addr)
 		text = goRun.ReplaceAllString(text, "trustgate")
 		fmt.Fprintf(&script, "printf '\\n@@doctest %d\\n'\n%s", i, text)
 	}
