@@ -7,8 +7,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	toml "github.com/pelletier/go-toml/v2"
 	appsv1 "k8s.io/api/apps/v1"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/nrigate"
 )
 
 // manifestTypes are the kinds the manifests may hold, by apiVersion/kind,
@@ -346,5 +349,62 @@ func TestSystemdUnits(t *testing.T) {
 		if strings.Contains(line, "trustgate-") && !strings.Contains(line, "not found") {
 			t.Errorf("systemd-analyze: %s", line)
 		}
+	}
+}
+
+// containerd's NRI settings agree with the gateway's defaults: the
+// validator requires the gateway under the name it registers with, and
+// containerd's per-request timeout is the gateway's runtime_request_timeout.
+// The two files differ only in whether containerd accepts connections.
+func TestContainerdConfigs(t *testing.T) {
+	gw := nrigate.DefaultConfig()
+	want := map[string]bool{"config.toml": true, "config-connections.toml": false}
+	var lines [][]string
+	for file, disable := range want {
+		data, err := os.ReadFile(filepath.Join(root, "deploy", "containerd", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			Version int `toml:"version"`
+			Plugins struct {
+				NRI struct {
+					Disable            bool   `toml:"disable"`
+					DisableConnections bool   `toml:"disable_connections"`
+					SocketPath         string `toml:"socket_path"`
+					RequestTimeout     string `toml:"plugin_request_timeout"`
+					Validator          struct {
+						Enable          bool     `toml:"enable"`
+						RequiredPlugins []string `toml:"required_plugins"`
+					} `toml:"default_validator"`
+				} `toml:"io.containerd.nri.v1.nri"`
+			} `toml:"plugins"`
+		}
+		if err := toml.Unmarshal(data, &doc); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		nri := doc.Plugins.NRI
+		if doc.Version != 3 || nri.Disable || nri.DisableConnections != disable || !nri.Validator.Enable {
+			t.Errorf("%s: version %d, disable %v, disable_connections %v (want %v), validator %v", file, doc.Version, nri.Disable, nri.DisableConnections, disable, nri.Validator.Enable)
+		}
+		if name := gw.PluginIndex + "-" + gw.PluginName; !slices.Contains(nri.Validator.RequiredPlugins, name) {
+			t.Errorf("%s: required_plugins %v lacks the gateway, %s", file, nri.Validator.RequiredPlugins, name)
+		}
+		if d, err := time.ParseDuration(nri.RequestTimeout); err != nil || d != time.Duration(gw.RuntimeRequestTimeout) {
+			t.Errorf("%s: plugin_request_timeout %q, the gateway's runtime_request_timeout is %v", file, nri.RequestTimeout, time.Duration(gw.RuntimeRequestTimeout))
+		}
+		if nri.SocketPath != gw.UpstreamSocket {
+			t.Errorf("%s: socket_path %q, the gateway's upstream_socket is %q", file, nri.SocketPath, gw.UpstreamSocket)
+		}
+		var settings []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, "disable_connections") {
+				settings = append(settings, l)
+			}
+		}
+		lines = append(lines, settings)
+	}
+	if !slices.Equal(lines[0], lines[1]) {
+		t.Errorf("the containerd configs differ in more than disable_connections")
 	}
 }
