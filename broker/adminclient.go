@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/trustgate/trustgate/agentapi/wire"
 )
 
 // AdminClient calls the admin API, as `trustgate entry` and
@@ -97,4 +99,19 @@ func (c *AdminClient) do(ctx context.Context, method, path string, in, out any) 
 		}
 	}
 	return nil
+}
+
+// ListAgents lists the attested agents (GET /admin/v1/agents).
+func (c *AdminClient) ListAgents(ctx context.Context) ([]wire.Agent, error) {
+	var out wire.AgentList
+	err := c.do(ctx, http.MethodGet, wire.PathAdminAgents, nil, &out)
+	return out.Agents, err
+}
+
+// EvictAgent evicts an agent (POST /admin/v1/agents/evict): it gets
+// nothing more from the broker.
+func (c *AdminClient) EvictAgent(ctx context.Context, spiffeID string) (wire.Agent, error) {
+	var out wire.Agent
+	err := c.do(ctx, http.MethodPost, wire.PathAdminEvict, wire.EvictRequest{SPIFFEID: spiffeID}, &out)
+	return out, err
 }
