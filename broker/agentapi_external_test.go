@@ -41,7 +41,7 @@ type agentEnv struct {
 	admin *broker.AdminClient
 }
 
-func newAgentEnv(t *testing.T) *agentEnv {
+func newAgentEnv(t testing.TB) *agentEnv {
 	t.Helper()
 	var ca *svid.Plugin
 	h := newHarness(t, harnessOpts{plugins: func(st store.Store, sealer *seal.Sealer) []plugin.Plugin {
@@ -121,7 +121,7 @@ func parseChain(t testing.TB, ders [][]byte) []*x509.Certificate {
 }
 
 // attestAgent runs a join-token RCAR attestation and gets the agent SVID.
-func (e *agentEnv) attestAgent(t *testing.T) *testAgent {
+func (e *agentEnv) attestAgent(t testing.TB) *testAgent {
 	t.Helper()
 	jt, err := e.admin.CreateJoinToken(context.Background(), broker.JoinTokenRequest{TTL: 60})
 	if err != nil {
@@ -157,7 +157,7 @@ func (e *agentEnv) attestAgent(t *testing.T) *testAgent {
 	return &testAgent{key: key, svid: &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}}
 }
 
-func (e *agentEnv) entry(t *testing.T, id, parent string, sel ...broker.Selector) broker.Entry {
+func (e *agentEnv) entry(t testing.TB, id, parent string, sel ...broker.Selector) broker.Entry {
 	t.Helper()
 	if len(sel) == 0 {
 		sel = []broker.Selector{{Type: "unix", Value: "uid:1000"}}
@@ -169,7 +169,7 @@ func (e *agentEnv) entry(t *testing.T, id, parent string, sel ...broker.Selector
 	return out
 }
 
-func (e *agentEnv) entries(t *testing.T, a *testAgent, query string) (wire.Entries, int, string) {
+func (e *agentEnv) entries(t testing.TB, a *testAgent, query string) (wire.Entries, int, string) {
 	t.Helper()
 	var out wire.Entries
 	st, body := e.call(t, a, "GET", wire.PathEntries+query, "", nil, &out)
@@ -471,5 +471,28 @@ func TestAgentAPILongPollDelete(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// BenchmarkAgentX509Batch1000 signs 1,000 workload CSRs for one agent over
+// HTTPS+mTLS, as two batches of wire.MaxX509Requests.
+func BenchmarkAgentX509Batch1000(b *testing.B) {
+	e := newAgentEnv(b)
+	a := e.attestAgent(b)
+	ent := e.entry(b, "spiffe://example.org/web", a.svid.ID.String())
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr := csrFor(b, key, "")
+	req := wire.X509Request{Requests: make([]wire.X509CSR, wire.MaxX509Requests)}
+	for i := range req.Requests {
+		req.Requests[i] = wire.X509CSR{EntryID: ent.ID, CSR: csr}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		for range 1000 / wire.MaxX509Requests {
+			var res wire.X509Response
+			if st, body := e.call(b, a, "POST", wire.PathX509, "", req, &res); st != 200 || len(res.Results) != wire.MaxX509Requests || res.Results[0].Error != "" {
+				b.Fatalf("%d %.200s", st, body)
+			}
+		}
 	}
 }
