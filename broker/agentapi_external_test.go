@@ -7,11 +7,13 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -323,8 +325,23 @@ func TestAgentAPIRenewalAndEviction(t *testing.T) {
 	if err != nil || len(list) != 1 || list[0].SPIFFEID != a.svid.ID.String() || list[0].Attestor != "join_token" || list[0].Evicted {
 		t.Fatalf("agent list: %+v %v", list, err)
 	}
+	cur, st, _ := e.entries(t, a, "")
+	if st != 200 {
+		t.Fatalf("entries: %d", st)
+	}
+	polled := make(chan int, 1)
+	go func() {
+		_, st, _ := e.entries(t, a, fmt.Sprintf("?revision=%d&wait=30s", cur.Revision))
+		polled <- st
+	}()
+	time.Sleep(200 * time.Millisecond)
+	evicted := time.Now()
 	if _, err := e.admin.EvictAgent(context.Background(), a.svid.ID.String()); err != nil {
 		t.Fatal(err)
+	}
+	// The waiting long poll ends at once, refused.
+	if st := <-polled; st != 403 || time.Since(evicted) > time.Second {
+		t.Fatalf("waiting long poll after eviction: %d after %s", st, time.Since(evicted))
 	}
 	for _, c := range []struct {
 		method, path string
@@ -494,5 +511,35 @@ func BenchmarkAgentX509Batch1000(b *testing.B) {
 				b.Fatalf("%d %.200s", st, body)
 			}
 		}
+	}
+}
+
+// TestAgentAPILongPollOutlivesWriteTimeout: a long poll may wait longer
+// than the server's WriteTimeout (serve's default is 30s, a poll's wait up
+// to 60s): the answer still arrives.
+func TestAgentAPILongPollOutlivesWriteTimeout(t *testing.T) {
+	e := newAgentEnv(t)
+	a := e.attestAgent(t)
+	opts := e.h.opts
+	opts.Metrics, opts.ClientSVIDs = nil, e.ca
+	srv, err := broker.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewUnstartedServer(srv)
+	hs.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+	hs.Config.WriteTimeout = 300 * time.Millisecond
+	hs.StartTLS()
+	t.Cleanup(hs.Close)
+	slow := *e
+	slow.base = hs.URL
+	first, st, body := slow.entries(t, a, "")
+	if st != 200 {
+		t.Fatalf("entries: %d %s", st, body)
+	}
+	start := time.Now()
+	got, st, body := slow.entries(t, a, fmt.Sprintf("?revision=%d&wait=1s", first.Revision))
+	if st != 200 || got.Revision != first.Revision || time.Since(start) < time.Second {
+		t.Fatalf("long poll past the write timeout: %d after %s: %s", st, time.Since(start), body)
 	}
 }

@@ -113,6 +113,10 @@ func toWire(e store.Entry) wire.Entry {
 	return out
 }
 
+// writeSlack is the time a long poll's answer has to be computed and
+// written after its wait.
+const writeSlack = 10 * time.Second
+
 // parseWait reads the wait parameter: a Go duration or whole seconds, at
 // most wire.MaxWait.
 func parseWait(v string) (time.Duration, error) {
@@ -174,6 +178,11 @@ func (a *API) serveEntries(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rev == have && wait > 0 {
+		// The server's WriteTimeout (30s by default) may be shorter than
+		// the wait: give this response the wait plus writeSlack.
+		if err := http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + writeSlack)); err != nil {
+			a.log.Debug("long poll: cannot extend the write deadline", "err", err)
+		}
 		sum := digest(list)
 		deadline := time.NewTimer(wait)
 		defer deadline.Stop()
