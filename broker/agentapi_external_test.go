@@ -82,6 +82,15 @@ func csrFor(t testing.TB, key crypto.Signer, uri string) []byte {
 // bearer token, and decodes a 200 answer into out.
 func (e *agentEnv) call(t testing.TB, a *testAgent, method, path, bearer string, in, out any) (int, string) {
 	t.Helper()
+	st, body, err := e.try(a, method, path, bearer, in, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, body
+}
+
+// try is call for goroutines: it returns its error instead of failing.
+func (e *agentEnv) try(a *testAgent, method, path, bearer string, in, out any) (int, string, error) {
 	var body io.Reader
 	if in != nil {
 		b, _ := json.Marshal(in)
@@ -97,16 +106,16 @@ func (e *agentEnv) call(t testing.TB, a *testAgent, method, path, bearer string,
 	}
 	resp, err := svidClient(s).Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode == 200 && out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %v: %s", method, path, err, b)
+			return 0, "", fmt.Errorf("%s %s: %v: %s", method, path, err, b)
 		}
 	}
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), nil
 }
 
 func parseChain(t testing.TB, ders [][]byte) []*x509.Certificate {
@@ -331,7 +340,10 @@ func TestAgentAPIRenewalAndEviction(t *testing.T) {
 	}
 	polled := make(chan int, 1)
 	go func() {
-		_, st, _ := e.entries(t, a, fmt.Sprintf("?revision=%d&wait=30s", cur.Revision))
+		st, _, err := e.try(a, "GET", wire.PathEntries+fmt.Sprintf("?revision=%d&wait=30s", cur.Revision), "", nil, nil)
+		if err != nil {
+			t.Error(err)
+		}
 		polled <- st
 	}()
 	time.Sleep(200 * time.Millisecond)
@@ -398,31 +410,29 @@ func TestAgentAPIEvictedCannotReattest(t *testing.T) {
 	}
 }
 
-// TestAgentAPINodeAlias: an entry under a node alias whose selectors the
-// agent's attestation carries is authorized; one whose selectors it lacks
-// is not.
+// TestAgentAPINodeAlias: an agent attested with selectors (the sample
+// TEE's sample:svn:1) is authorized for the entries under a node alias whose
+// selectors it has, not under one whose selectors it lacks.
 func TestAgentAPINodeAlias(t *testing.T) {
 	e := newAgentEnv(t)
-	a := e.attestAgent(t)
-	tokSel := broker.Selector{Type: "join_token", Value: strings.TrimPrefix(a.svid.ID.Path(), "/spire/agent/join_token/")}
-	ctx := context.Background()
-	ag, err := e.h.st.Agents().Get(ctx, a.svid.ID.String())
-	if err != nil || len(ag.Selectors) == 0 {
-		// The join_token attestor makes no selectors: give the agent one,
-		// as x509pop or k8s_psat would.
-		ag.Selectors = []store.Selector{{Type: tokSel.Type, Value: tokSel.Value}}
-		ag.UpdatedAt = time.Now()
-		if _, err := e.h.st.Agents().Attest(ctx, ag); err != nil {
-			t.Fatal(err)
-		}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	var out wire.SVIDResponse
+	if st, body := e.call(t, nil, "POST", wire.PathSVID, attestSample(t, e.h, teeKey(t)), wire.SVIDRequest{CSR: csrFor(t, key, "")}, &out); st != 200 {
+		t.Fatalf("agent SVID: %d %s", st, body)
 	}
-	e.entry(t, "spiffe://example.org/cluster/c1", "spiffe://example.org/spire/server", broker.Selector{Type: ag.Selectors[0].Type, Value: ag.Selectors[0].Value})
-	e.entry(t, "spiffe://example.org/cluster/c2", "spiffe://example.org/spire/server", broker.Selector{Type: "x509pop", Value: "subject:cn:other"})
+	a := &testAgent{key: key, svid: &x509svid.SVID{ID: spiffeid.RequireFromString(out.SPIFFEID), Certificates: parseChain(t, out.Chain), PrivateKey: key}}
+	const server = "spiffe://example.org/spire/server"
+	e.entry(t, "spiffe://example.org/cluster/c1", server, broker.Selector{Type: "sample", Value: "svn:1"})
+	e.entry(t, "spiffe://example.org/cluster/c2", server, broker.Selector{Type: "sample", Value: "svn:1"}, broker.Selector{Type: "x509pop", Value: "subject:cn:other"})
 	in := e.entry(t, "spiffe://example.org/via-alias", "spiffe://example.org/cluster/c1")
 	e.entry(t, "spiffe://example.org/not-mine", "spiffe://example.org/cluster/c2")
 	got, st, body := e.entries(t, a, "")
 	if st != 200 || len(got.Entries) != 1 || got.Entries[0].ID != in.ID {
 		t.Fatalf("alias entries: %d %s", st, body)
+	}
+	var res wire.X509Response
+	if st, body := e.call(t, a, "POST", wire.PathX509, "", wire.X509Request{Requests: []wire.X509CSR{{EntryID: in.ID, CSR: csrFor(t, key, "")}}}, &res); st != 200 || res.Results[0].Error != "" {
+		t.Fatalf("SVID through the alias: %d %s", st, body)
 	}
 }
 
@@ -454,7 +464,11 @@ func TestAgentAPILongPollDelete(t *testing.T) {
 			done := make(chan answer, 1)
 			begin := time.Now()
 			go func() {
-				got, st, _ := e.entries(t, a, fmt.Sprintf("?revision=%d&wait=30s", first.Revision))
+				var got wire.Entries
+				st, _, err := e.try(a, "GET", wire.PathEntries+fmt.Sprintf("?revision=%d&wait=30s", first.Revision), "", nil, &got)
+				if err != nil {
+					t.Error(err)
+				}
 				done <- answer{got, st, time.Since(begin)}
 			}()
 			time.Sleep(200 * time.Millisecond)
