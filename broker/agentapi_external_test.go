@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -43,10 +44,12 @@ type agentEnv struct {
 	admin *broker.AdminClient
 }
 
-func newAgentEnv(t testing.TB) *agentEnv {
+func newAgentEnv(t testing.TB) *agentEnv { return newAgentEnvPolicy(t, "") }
+
+func newAgentEnvPolicy(t testing.TB, policy string) *agentEnv {
 	t.Helper()
 	var ca *svid.Plugin
-	h := newHarness(t, harnessOpts{plugins: func(st store.Store, sealer *seal.Sealer) []plugin.Plugin {
+	h := newHarness(t, harnessOpts{policy: policy, plugins: func(st store.Store, sealer *seal.Sealer) []plugin.Plugin {
 		p, err := svid.New(context.Background(), svid.DefaultConfig(), td, st, sealer, nil, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -555,5 +558,35 @@ func TestAgentAPILongPollOutlivesWriteTimeout(t *testing.T) {
 	got, st, body := slow.entries(t, a, fmt.Sprintf("?revision=%d&wait=1s", first.Revision))
 	if st != 200 || got.Revision != first.Revision || time.Since(start) < time.Second {
 		t.Fatalf("long poll past the write timeout: %d after %s: %s", st, time.Since(start), body)
+	}
+}
+
+// svidPluginPolicy lets every X.509-SVID caller use the svid plugin.
+const svidPluginPolicy = `package policy
+allow if {
+	input.credential == "x509-svid"
+	input.plugin == "svid"
+}
+`
+
+// TestEvictedAgentRefusedByTheSVIDPlugin: an evicted agent gets no SVID
+// through the svid plugin's own endpoint either, even where the resource
+// policy lets SVID callers use it.
+func TestEvictedAgentRefusedByTheSVIDPlugin(t *testing.T) {
+	e := newAgentEnvPolicy(t, svidPluginPolicy)
+	a := e.attestAgent(t)
+	e.entry(t, "spiffe://example.org/web", a.svid.ID.String())
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr := func() io.Reader {
+		return bytes.NewReader(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrFor(t, key, "spiffe://example.org/web")}))
+	}
+	if st, body := mdo(t, svidClient(a.svid), "POST", e.base+"/kbs/v0/svid/x509", csr()); st != 200 {
+		t.Fatalf("before eviction: %d %s", st, body)
+	}
+	if _, err := e.admin.EvictAgent(context.Background(), a.svid.ID.String()); err != nil {
+		t.Fatal(err)
+	}
+	if st, body := mdo(t, svidClient(a.svid), "POST", e.base+"/kbs/v0/svid/x509", csr()); st != 403 {
+		t.Fatalf("evicted agent through the svid plugin: %d %s", st, body)
 	}
 }
