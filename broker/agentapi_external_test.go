@@ -44,19 +44,22 @@ type agentEnv struct {
 	admin *broker.AdminClient
 }
 
-func newAgentEnv(t testing.TB) *agentEnv { return newAgentEnvPolicy(t, "") }
+func newAgentEnv(t testing.TB) *agentEnv { return newAgentEnvOpts(t, harnessOpts{}) }
 
-func newAgentEnvPolicy(t testing.TB, policy string) *agentEnv {
+// newAgentEnvOpts is newAgentEnv with harness options (a policy, the token
+// service); the plugins are the echo and svid plugins.
+func newAgentEnvOpts(t testing.TB, ho harnessOpts) *agentEnv {
 	t.Helper()
 	var ca *svid.Plugin
-	h := newHarness(t, harnessOpts{policy: policy, plugins: func(st store.Store, sealer *seal.Sealer) []plugin.Plugin {
+	ho.plugins = func(st store.Store, sealer *seal.Sealer) []plugin.Plugin {
 		p, err := svid.New(context.Background(), svid.DefaultConfig(), td, st, sealer, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ca = p
-		return []plugin.Plugin{p}
-	}})
+		return []plugin.Plugin{echoPlugin{}, p}
+	}
+	h := newHarness(t, ho)
 	base := mtlsServer(t, h, ca)
 	return &agentEnv{h: h, ca: ca, base: base, admin: &broker.AdminClient{Server: base, Token: h.adminToken(t), HTTP: svidClient(nil)}}
 }
@@ -65,6 +68,8 @@ func newAgentEnvPolicy(t testing.TB, policy string) *agentEnv {
 type testAgent struct {
 	key  crypto.Signer
 	svid *x509svid.SVID
+	// token is the attestation token the agent got its first SVID with.
+	token string
 }
 
 func csrFor(t testing.TB, key crypto.Signer, uri string) []byte {
@@ -168,7 +173,7 @@ func (e *agentEnv) attestAgent(t testing.TB) *testAgent {
 	if err != nil || id.String() != want {
 		t.Fatalf("agent SVID does not verify: %v", err)
 	}
-	return &testAgent{key: key, svid: &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}}
+	return &testAgent{key: key, svid: &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, token: tok}
 }
 
 func (e *agentEnv) entry(t testing.TB, id, parent string, sel ...broker.Selector) broker.Entry {
@@ -561,32 +566,68 @@ func TestAgentAPILongPollOutlivesWriteTimeout(t *testing.T) {
 	}
 }
 
-// svidPluginPolicy lets every X.509-SVID caller use the svid plugin.
-const svidPluginPolicy = `package policy
+// evictionPolicy lets every attested or X.509-SVID caller use the svid
+// and echo plugins.
+const evictionPolicy = `package policy
 allow if {
-	input.credential == "x509-svid"
-	input.plugin == "svid"
+	input.credential in {"x509-svid", "attestation"}
+	input.plugin in {"svid", "echo"}
+}
+
+grant contains "pull" if {
+	input.service == "registry.test"
+	input.credential == "attestation"
 }
 `
 
-// TestEvictedAgentRefusedByTheSVIDPlugin: an evicted agent gets no SVID
-// through the svid plugin's own endpoint either, even where the resource
-// policy lets SVID callers use it.
-func TestEvictedAgentRefusedByTheSVIDPlugin(t *testing.T) {
-	e := newAgentEnvPolicy(t, svidPluginPolicy)
+// TestEvictedAgentRefusedEverywhere: an evicted agent gets nothing from the
+// broker's plugin endpoints and token service either, with its SVID or its attestation token,
+// even where the resource policy would let it.
+func TestEvictedAgentRefusedEverywhere(t *testing.T) {
+	e := newAgentEnvOpts(t, harnessOpts{policy: evictionPolicy,
+		tokenService: &broker.TokenServiceOptions{Service: "trustgate", Services: []string{"registry.test"}}})
 	a := e.attestAgent(t)
 	e.entry(t, "spiffe://example.org/web", a.svid.ID.String())
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	csr := func() io.Reader {
 		return bytes.NewReader(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrFor(t, key, "spiffe://example.org/web")}))
 	}
+	withToken := func(method, path string, body io.Reader) int {
+		req, _ := http.NewRequest(method, e.base+path, body)
+		req.Header.Set("Authorization", "Bearer "+a.token)
+		resp, err := svidClient(nil).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
 	if st, body := mdo(t, svidClient(a.svid), "POST", e.base+"/kbs/v0/svid/x509", csr()); st != 200 {
-		t.Fatalf("before eviction: %d %s", st, body)
+		t.Fatalf("before eviction: svid plugin: %d %s", st, body)
+	}
+	if st, body := mdo(t, svidClient(a.svid), "GET", e.base+"/kbs/v0/echo/x", nil); st != 200 {
+		t.Fatalf("before eviction: echo: %d %s", st, body)
+	}
+	if st := withToken("GET", "/kbs/v0/echo/x", nil); st != 200 {
+		t.Fatalf("before eviction: echo with the token: %d", st)
+	}
+	const scope = "/token?service=registry.test&scope=repository:team/app:pull"
+	if st := withToken("GET", scope, nil); st != 200 {
+		t.Fatalf("before eviction: /token: %d", st)
 	}
 	if _, err := e.admin.EvictAgent(context.Background(), a.svid.ID.String()); err != nil {
 		t.Fatal(err)
 	}
 	if st, body := mdo(t, svidClient(a.svid), "POST", e.base+"/kbs/v0/svid/x509", csr()); st != 403 {
 		t.Fatalf("evicted agent through the svid plugin: %d %s", st, body)
+	}
+	if st, body := mdo(t, svidClient(a.svid), "GET", e.base+"/kbs/v0/echo/x", nil); st != 403 {
+		t.Fatalf("evicted agent, echo plugin: %d %s", st, body)
+	}
+	if st := withToken("GET", "/kbs/v0/echo/x", nil); st != 403 {
+		t.Fatalf("evicted agent's attestation token, echo plugin: %d", st)
+	}
+	if st := withToken("GET", scope, nil); st != 403 {
+		t.Fatalf("evicted agent's attestation token, /token: %d", st)
 	}
 }

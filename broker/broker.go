@@ -124,6 +124,7 @@ type Server struct {
 	tls           *servingTLS // set by FromConfig
 	metrics       *serverMetrics
 	agents        *agentapi.API // nil without the svid plugin
+	agentPrefix   string        // spiffe://<td>/spire/agent/
 }
 
 // New returns a broker serving opts.
@@ -159,7 +160,8 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	s := &Server{opts: opts, store: opts.Store, log: opts.Log, mux: http.NewServeMux(),
-		attestors: map[string]attest.Attestor{}, limit: newLimiter(opts.RateLimit), tokenLimit: newLimiter(opts.RateLimit), now: opts.Now, serverID: serverID.String()}
+		attestors: map[string]attest.Attestor{}, limit: newLimiter(opts.RateLimit), tokenLimit: newLimiter(opts.RateLimit), now: opts.Now, serverID: serverID.String(),
+		agentPrefix: opts.TrustDomain.IDString() + "/spire/agent/"}
 	for _, a := range opts.Attestors {
 		if a == nil {
 			return nil, errors.New("broker: nil attestor")

@@ -152,8 +152,7 @@ func (p *Plugin) x509Target(q url.Values, csr *x509.CertificateRequest) (spiffei
 	return fromQuery, nil
 }
 
-// grant returns the entry under which caller may hold id, unless caller is
-// an evicted agent: the zero entry
+// grant returns the entry under which caller may hold id: the zero entry
 // (server defaults) when id is the caller's own SPIFFE ID, else the first
 // entry for id whose parent is the caller or one of its node aliases.
 // Anything else is a 403.
@@ -163,13 +162,6 @@ func (p *Plugin) grant(ctx context.Context, caller plugin.Caller, id spiffeid.ID
 	}
 	if !id.MemberOf(p.td) {
 		return store.Entry{}, plugin.Errorf(http.StatusForbidden, "%s is not in trust domain %s", id, p.td)
-	}
-	// An agent evicted through the agent API gets nothing here either.
-	switch ag, err := p.store.Agents().Get(ctx, caller.SPIFFEID); {
-	case err == nil && ag.Evicted:
-		return store.Entry{}, plugin.Errorf(http.StatusForbidden, "agent %s is evicted", caller.SPIFFEID)
-	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return store.Entry{}, fmt.Errorf("svid: get agent %s: %w", caller.SPIFFEID, err)
 	}
 	if id.String() == caller.SPIFFEID {
 		return store.Entry{}, nil
