@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/trustgate/trustgate/agentapi/wire"
 )
 
 // AdminClient calls the admin API, as `trustgate entry`, `jointoken` and
@@ -161,4 +163,19 @@ func (c *AdminClient) roundTrip(ctx context.Context, method, path string, in any
 		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
 	}
 	return read(resp, data)
+}
+
+// ListAgents lists the attested agents (GET /admin/v1/agents).
+func (c *AdminClient) ListAgents(ctx context.Context) ([]wire.Agent, error) {
+	var out wire.AgentList
+	err := c.do(ctx, http.MethodGet, wire.PathAdminAgents, nil, &out)
+	return out.Agents, err
+}
+
+// EvictAgent evicts an agent (POST /admin/v1/agents/evict): it gets
+// nothing more from the broker.
+func (c *AdminClient) EvictAgent(ctx context.Context, spiffeID string) (wire.Agent, error) {
+	var out wire.Agent
+	err := c.do(ctx, http.MethodPost, wire.PathAdminEvict, wire.EvictRequest{SPIFFEID: spiffeID}, &out)
+	return out, err
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustgate/trustgate/attest"
+	"github.com/trustgate/trustgate/broker/agentapi"
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/broker/plugin/svid"
 	"github.com/trustgate/trustgate/policy"
@@ -102,6 +103,10 @@ type Options struct {
 	// POST /kbs/v0/resource-policy is refused.
 	PolicyFile     string
 	PolicyFilePoll time.Duration
+	// AgentChanges, when set, wakes the agent API's waiting long polls on
+	// changes made through other replicas (the store's change
+	// notifications); without it they notice by polling the store.
+	AgentChanges agentapi.Notifier
 }
 
 // Server is the broker's HTTP API.
@@ -124,6 +129,8 @@ type Server struct {
 	ts            *tokenService
 	tls           *servingTLS // set by FromConfig
 	metrics       *serverMetrics
+	agents        *agentapi.API // nil without the svid plugin
+	agentPrefix   string        // spiffe://<td>/spire/agent/
 }
 
 // New returns a broker serving opts.
@@ -159,7 +166,8 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	s := &Server{opts: opts, store: opts.Store, log: opts.Log, mux: http.NewServeMux(),
-		attestors: map[string]attest.Attestor{}, limit: newLimiter(opts.RateLimit), tokenLimit: newLimiter(opts.RateLimit), now: opts.Now, serverID: serverID.String()}
+		attestors: map[string]attest.Attestor{}, limit: newLimiter(opts.RateLimit), tokenLimit: newLimiter(opts.RateLimit), now: opts.Now, serverID: serverID.String(),
+		agentPrefix: opts.TrustDomain.IDString() + "/spire/agent/"}
 	for _, a := range opts.Attestors {
 		if a == nil {
 			return nil, errors.New("broker: nil attestor")
@@ -234,6 +242,9 @@ func New(opts Options) (*Server, error) {
 		// attest (SPIFFE federation, https_web).
 		if sp, ok := p.(*svid.Plugin); ok {
 			s.mux.HandleFunc("GET "+SPIFFEBundlePath, sp.ServeBundle)
+			if err := s.mountAgentAPI(sp); err != nil {
+				return nil, err
+			}
 		}
 	}
 	s.mux.Handle("POST /admin/v1/entries", s.admin(s.createEntry))
@@ -248,6 +259,37 @@ func New(opts Options) (*Server, error) {
 		writeProblem(w, http.StatusNotFound, ProblemInvalidPath, fmt.Sprintf("Request path %s is invalid", r.URL.Path))
 	})
 	return s, nil
+}
+
+// mountAgentAPI serves the node agent API (package agentapi) with the svid
+// plugin's CA.
+func (s *Server) mountAgentAPI(sp *svid.Plugin) error {
+	api, err := agentapi.New(agentapi.Options{Store: s.store, SVID: sp, TrustDomain: s.opts.TrustDomain,
+		Changes: s.opts.AgentChanges, Log: s.log.With("api", "agent"), Now: s.now,
+		VerifyAttestation: func(raw string) (agentapi.Attestation, error) {
+			e, f := s.verifyCaller(raw, credAttestation)
+			if f != nil {
+				return agentapi.Attestation{}, errors.New(f.detail)
+			}
+			return agentapi.Attestation{SPIFFEID: e.caller.SPIFFEID, Selectors: e.caller.Selectors, TEE: e.caller.TEE}, nil
+		}})
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	api.Register(s.mux, s.admin)
+	s.agents = api
+	// Entry changes made through any replica (the store's change
+	// notifications: LISTEN/NOTIFY on PostgreSQL) wake the long polls here
+	// at once, not at the next store poll.
+	s.store.Changes().Subscribe(store.TopicEntries, func(store.Change) { api.Notify() })
+	return nil
+}
+
+// entriesChanged wakes the agent API's long polls on this replica.
+func (s *Server) entriesChanged() {
+	if s.agents != nil {
+		s.agents.Notify()
+	}
 }
 
 // ServeHTTP implements http.Handler. Plugin paths go straight to the

@@ -1,11 +1,13 @@
 package broker
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -121,13 +123,44 @@ func (c *tokenCache) put(k [sha256.Size]byte, e *callerEntry, now time.Time) {
 // broker's bundle; else the attested session that the kbs-session-id
 // cookie names.
 func (s *Server) authAttested(r *http.Request) (*callerEntry, *authFailure) {
-	if raw, ok := bearer(r); ok {
-		return s.verifyCaller(raw, credAttestation|credScoped)
+	var e *callerEntry
+	var f *authFailure
+	switch raw, ok := bearer(r); {
+	case ok:
+		e, f = s.verifyCaller(raw, credAttestation|credScoped)
+	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && s.opts.ClientSVIDs != nil:
+		e, f = s.verifyClientSVID(r.TLS.PeerCertificates)
+	default:
+		e, f = s.sessionCaller(r)
 	}
-	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && s.opts.ClientSVIDs != nil {
-		return s.verifyClientSVID(r.TLS.PeerCertificates)
+	if f != nil {
+		return nil, f
 	}
-	return s.sessionCaller(r)
+	if f := s.refuseEvicted(r.Context(), e.caller.SPIFFEID); f != nil {
+		return nil, f
+	}
+	return e, nil
+}
+
+// refuseEvicted fails a caller that is an agent evicted through the agent
+// API (trustgate agent evict), whatever credential it still holds: an
+// evicted agent gets nothing more from the broker. Only agent IDs
+// (spiffe://<td>/spire/agent/...) cost a store lookup.
+func (s *Server) refuseEvicted(ctx context.Context, spiffeID string) *authFailure {
+	if !strings.HasPrefix(spiffeID, s.agentPrefix) {
+		return nil
+	}
+	ag, err := s.store.Agents().Get(ctx, spiffeID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		s.log.Error("request failed", "err", fmt.Errorf("get agent %s: %w", spiffeID, err))
+		return &authFailure{status: http.StatusInternalServerError, typ: ProblemInternal, detail: "internal error: the agent could not be read; see the server log"}
+	case ag.Evicted:
+		return &authFailure{status: http.StatusForbidden, typ: ProblemPolicyDeny, detail: "agent " + spiffeID + " is evicted"}
+	}
+	return nil
 }
 
 // sessionCaller authenticates a caller by its kbs-session-id. As in

@@ -43,7 +43,7 @@ allow if {
 // mtlsServer serves h's broker, with Options.ClientSVIDs set to the svid
 // plugin, over TLS that requests but does not verify client certificates:
 // the broker's own check is what is tested.
-func mtlsServer(t *testing.T, h *harness, ca *svid.Plugin) string {
+func mtlsServer(t testing.TB, h *harness, ca *svid.Plugin) string {
 	t.Helper()
 	opts := h.opts
 	opts.Metrics = nil

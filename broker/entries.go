@@ -147,6 +147,7 @@ func (s *Server) createEntry(w http.ResponseWriter, r *http.Request) {
 		s.adminFail(w, r, fmt.Errorf("create entry: %w", err))
 		return
 	}
+	s.entriesChanged()
 	writeJSON(w, http.StatusCreated, toEntry(stored))
 }
 
@@ -178,6 +179,7 @@ func (s *Server) deleteEntry(w http.ResponseWriter, r *http.Request) {
 		s.adminFail(w, r, fmt.Errorf("delete entry: %w", err))
 		return
 	}
+	s.entriesChanged()
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -417,6 +417,10 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		fail(&tokenError{status: http.StatusUnauthorized, oauthCode: "invalid_grant", detail: af.detail, challenge: true, errCode: "invalid_token"}, VerdictUnauthenticated)
 		return
 	}
+	if af := s.refuseEvicted(r.Context(), ent.caller.SPIFFEID); af != nil {
+		fail(&tokenError{status: af.status, oauthCode: "invalid_grant", detail: af.detail}, VerdictDenied)
+		return
+	}
 	o.caller = ent
 	if strings.HasPrefix(tr.username, "spiffe://") && tr.username != ent.caller.SPIFFEID {
 		fail(&tokenError{status: http.StatusUnauthorized, oauthCode: "invalid_grant", detail: fmt.Sprintf("username %.200q is not the credential's SPIFFE ID", tr.username), challenge: true, errCode: "invalid_token"}, VerdictUnauthenticated)

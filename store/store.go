@@ -26,6 +26,8 @@ var (
 	ErrConsumed = errors.New("store: already used")
 	// ErrExpired means a record exists but its lifetime has passed.
 	ErrExpired = errors.New("store: expired")
+	// ErrEvicted means the agent was evicted: it may not attest or renew.
+	ErrEvicted = errors.New("store: evicted")
 )
 
 // Store is everything the server persists.
@@ -49,6 +51,8 @@ type Store interface {
 	Locks() Locks
 	// Ping reports whether the store answers, for readiness checks.
 	Ping(ctx context.Context) error
+	// Agents holds the node agents that attested.
+	Agents() Agents
 	// Close releases the store's resources.
 	Close() error
 }
@@ -163,6 +167,10 @@ type Entries interface {
 	List(ctx context.Context, f EntryFilter) ([]Entry, error)
 	// Delete removes the entry with the given ID, or returns ErrNotFound.
 	Delete(ctx context.Context, id string) error
+	// Revision returns a counter that every entry change (create, delete,
+	// update) and every agent eviction increases, in the same transaction,
+	// so that every replica sharing the store sees what it must re-read.
+	Revision(ctx context.Context) (int64, error)
 }
 
 // Resource is one sealed resource value.
@@ -232,4 +240,51 @@ type Policies interface {
 	Get(ctx context.Context, name string) (Policy, error)
 	// Put writes a policy's text and returns it with its new revision.
 	Put(ctx context.Context, name, text string) (Policy, error)
+}
+
+// Agent is a node agent that attested and holds an agent X.509-SVID.
+type Agent struct {
+	// SPIFFEID is the agent ID, e.g.
+	// spiffe://example.org/spire/agent/join_token/<token>.
+	SPIFFEID string
+	// Attestor is the node attestor that proved it, e.g. "x509pop".
+	Attestor string
+	// Selectors are the node selectors its attestation produced.
+	Selectors []Selector
+	// SerialNumber is the current agent SVID's serial number, decimal.
+	SerialNumber string
+	// PrevSerialNumber is the serial of the SVID that SerialNumber
+	// replaced: it still authenticates until the agent renews with the
+	// new one, so that a renewal whose answer was lost is not fatal.
+	PrevSerialNumber string
+	// ExpiresAt is the current agent SVID's NotAfter.
+	ExpiresAt time.Time
+	// Evicted is true once an administrator evicted the agent. An
+	// evicted agent stays refused: it can neither renew nor attest again.
+	Evicted bool
+	// CreatedAt is when the agent first attested; UpdatedAt when its
+	// record last changed.
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Agents stores attested node agents.
+type Agents interface {
+	// Attest records an attestation: it creates the agent, or replaces
+	// the attestor, selectors, serial number (clearing the previous one)
+	// and expiry of an existing one, keeping CreatedAt. It returns the
+	// stored agent, or ErrEvicted when the agent is evicted.
+	Attest(ctx context.Context, a Agent) (Agent, error)
+	// Renew replaces the agent's SVID serial number and expiry, provided
+	// that presented is its current or previous serial; the current one
+	// becomes the previous. It returns ErrNotFound for an unknown agent,
+	// ErrEvicted for an evicted one, and ErrConflict when presented is
+	// neither serial.
+	Renew(ctx context.Context, id, presented, serial string, expiresAt, now time.Time) error
+	// Get returns the agent with the given ID, or ErrNotFound.
+	Get(ctx context.Context, id string) (Agent, error)
+	// List returns every agent, ordered by SPIFFE ID.
+	List(ctx context.Context) ([]Agent, error)
+	// Evict marks the agent evicted, or returns ErrNotFound.
+	Evict(ctx context.Context, id string, now time.Time) error
 }

@@ -63,7 +63,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(),
 		newServerCmd(g),
-		newAgentCmd(),
+		newAgentCmd(g),
 		newNRIGatewayCmd(g),
 		newKeygenCmd(),
 		newEntryCmd(),
@@ -93,6 +93,8 @@ func notBuilt(use, short string) *cobra.Command {
 	}
 }
 
-func newAgentCmd() *cobra.Command {
-	return notBuilt("agent", "Run the node agent: attestation, SPIFFE Workload API, NRI identity injection")
+func newAgentCmd(g *globalFlags) *cobra.Command {
+	cmd := notBuilt("agent", "Run the node agent: attestation, SPIFFE Workload API, NRI identity injection")
+	addAgentAdminCommands(cmd, g)
+	return cmd
 }

@@ -28,6 +28,11 @@ var hotQueries = []struct {
 	{"delete entry", deleteEntry, []any{"e"}},
 	{"resource by path", resourceByPath, []any{"a/b/c"}},
 	{"keys by kind", keysByKind, []any{"token-signing"}},
+	{"attest agent", attestAgent, []any{"spiffe://td/spire/agent/a", "join_token", "[]", "1", int64(0), int64(0), int64(0)}},
+	{"renew agent", renewAgent, []any{"2", int64(0), int64(0), "spiffe://td/spire/agent/a", "1"}},
+	{"agent by id", agentByID, []any{"spiffe://td/spire/agent/a"}},
+	{"evict agent", evictAgent, []any{int64(0), "spiffe://td/spire/agent/a"}},
+	{"entries revision", entryRevision, nil},
 	{"policy by name", policyByName, []any{"resource"}},
 }
 

@@ -30,6 +30,9 @@ func Run(t *testing.T, open Open) {
 		{"JoinTokens", testJoinTokens},
 		{"JoinTokenSingleUseUnderConcurrency", testJoinTokenConcurrency},
 		{"Entries", testEntries},
+		{"EntriesRevision", testEntriesRevision},
+		{"Agents", testAgents},
+		{"AgentRenewUnderConcurrency", testAgentRenewConcurrency},
 		{"Resources", testResources},
 		{"Keys", testKeys},
 		{"Policies", testPolicies},
@@ -380,5 +383,170 @@ func testMixedConcurrency(t *testing.T, s store.Store) {
 	case <-done:
 	case <-ctx.Done():
 		t.Fatal("concurrent store operations did not finish: deadlock")
+	}
+}
+
+func revision(t *testing.T, s store.Store) int64 {
+	t.Helper()
+	r, err := s.Entries().Revision(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// testEntriesRevision checks that every entry change and every agent
+// eviction, and nothing else, moves the revision forward.
+func testEntriesRevision(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	r0 := revision(t, s)
+	e, err := s.Entries().Create(ctx, store.Entry{SPIFFEID: "spiffe://td/w", ParentID: "spiffe://td/a",
+		Selectors: []store.Selector{{Type: "unix", Value: "uid:1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1 := revision(t, s)
+	if r1 <= r0 {
+		t.Fatalf("create: revision %d -> %d", r0, r1)
+	}
+	if _, err := s.Entries().List(ctx, store.EntryFilter{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Agents().Attest(ctx, store.Agent{SPIFFEID: "spiffe://td/spire/agent/x", Attestor: "join_token",
+		SerialNumber: "1", ExpiresAt: t0, CreatedAt: t0, UpdatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if r := revision(t, s); r != r1 {
+		t.Fatalf("a read and an attestation moved the revision %d -> %d", r1, r)
+	}
+	if err := s.Agents().Evict(ctx, "spiffe://td/spire/agent/x", t0); err != nil {
+		t.Fatal(err)
+	}
+	r2 := revision(t, s)
+	if r2 <= r1 {
+		t.Fatalf("evict: revision %d -> %d", r1, r2)
+	}
+	if err := s.Entries().Delete(ctx, e.ID); err != nil {
+		t.Fatal(err)
+	}
+	if r3 := revision(t, s); r3 <= r2 {
+		t.Fatalf("delete: revision %d -> %d", r2, r3)
+	}
+}
+
+func testAgents(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	as := s.Agents()
+	id := "spiffe://td/spire/agent/join_token/abc"
+	if _, err := as.Get(ctx, id); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get unknown: %v", err)
+	}
+	a := store.Agent{SPIFFEID: id, Attestor: "join_token", Selectors: []store.Selector{{Type: "join_token", Value: "abc"}},
+		SerialNumber: "100", ExpiresAt: t0.Add(time.Hour), CreatedAt: t0, UpdatedAt: t0}
+	if _, err := as.Attest(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	got, err := as.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Attestor != "join_token" || !slices.Equal(got.Selectors, a.Selectors) || got.SerialNumber != "100" ||
+		!got.ExpiresAt.Equal(a.ExpiresAt) || !got.CreatedAt.Equal(t0) || got.Evicted {
+		t.Fatalf("round trip: %+v", got)
+	}
+	// Re-attestation keeps CreatedAt and replaces the rest.
+	a2 := a
+	a2.SerialNumber, a2.Selectors, a2.CreatedAt, a2.UpdatedAt = "200", nil, t0.Add(time.Minute), t0.Add(time.Minute)
+	stored, err := as.Attest(ctx, a2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stored.CreatedAt.Equal(t0) {
+		t.Fatalf("re-attestation changed CreatedAt to %v", stored.CreatedAt)
+	}
+	if got, _ := as.Get(ctx, id); got.SerialNumber != "200" || len(got.Selectors) != 0 || !got.UpdatedAt.Equal(a2.UpdatedAt) {
+		t.Fatalf("after re-attestation: %+v", got)
+	}
+	// Renewal: only with the current (or previous) serial.
+	if err := as.Renew(ctx, id, "100", "300", t0.Add(2*time.Hour), t0); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("renew with a replaced serial: %v", err)
+	}
+	if err := as.Renew(ctx, id, "", "300", t0.Add(2*time.Hour), t0); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("renew with no serial: %v", err)
+	}
+	if err := as.Renew(ctx, id, "200", "300", t0.Add(2*time.Hour), t0); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = as.Get(ctx, id)
+	if got.SerialNumber != "300" || got.PrevSerialNumber != "200" || !got.ExpiresAt.Equal(t0.Add(2*time.Hour)) {
+		t.Fatalf("after renewal: %+v", got)
+	}
+	// The previous serial still renews (a lost answer), once.
+	if err := as.Renew(ctx, id, "200", "400", t0.Add(3*time.Hour), t0); err != nil {
+		t.Fatalf("renew with the previous serial: %v", err)
+	}
+	if err := as.Renew(ctx, "spiffe://td/spire/agent/none", "1", "2", t0, t0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("renew unknown: %v", err)
+	}
+	if _, err := as.Attest(ctx, store.Agent{SPIFFEID: "spiffe://td/spire/agent/b", Attestor: "x509pop", SerialNumber: "1",
+		ExpiresAt: t0, CreatedAt: t0, UpdatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := as.List(ctx)
+	if err != nil || len(list) != 2 || list[0].SPIFFEID != "spiffe://td/spire/agent/b" || list[1].SPIFFEID != id {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	// Eviction is final: no renewal, no re-attestation.
+	if err := as.Evict(ctx, id, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := as.Evict(ctx, "spiffe://td/spire/agent/none", t0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("evict unknown: %v", err)
+	}
+	if got, _ := as.Get(ctx, id); !got.Evicted {
+		t.Fatalf("not evicted: %+v", got)
+	}
+	if err := as.Renew(ctx, id, "400", "500", t0, t0); !errors.Is(err, store.ErrEvicted) {
+		t.Fatalf("renew evicted: %v", err)
+	}
+	if _, err := as.Attest(ctx, a); !errors.Is(err, store.ErrEvicted) {
+		t.Fatalf("re-attest evicted: %v", err)
+	}
+	if got, _ := as.Get(ctx, id); !got.Evicted || got.SerialNumber != "400" {
+		t.Fatalf("an evicted agent's record changed: %+v", got)
+	}
+}
+
+// testAgentRenewConcurrency checks that of concurrent renewals presenting
+// the same serial, each either wins or sees ErrConflict, and the stored
+// serial is one of the winners'.
+func testAgentRenewConcurrency(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	id := "spiffe://td/spire/agent/c"
+	if _, err := s.Agents().Attest(ctx, store.Agent{SPIFFEID: id, Attestor: "x509pop", SerialNumber: "1",
+		ExpiresAt: t0, CreatedAt: t0, UpdatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	var wg sync.WaitGroup
+	var wins atomic.Int32
+	for i := range n {
+		wg.Go(func() {
+			err := s.Agents().Renew(ctx, id, "1", fmt.Sprint("new", i), t0, t0)
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case !errors.Is(err, store.ErrConflict):
+				t.Errorf("renew %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() == 0 {
+		t.Fatal("no renewal won")
+	}
+	got, err := s.Agents().Get(ctx, id)
+	if err != nil || len(got.SerialNumber) < 4 || got.SerialNumber[:3] != "new" {
+		t.Fatalf("after concurrent renewals: %+v %v", got, err)
 	}
 }

@@ -18,7 +18,6 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/trustgate/trustgate/broker/plugin"
@@ -185,8 +184,8 @@ func (p *Plugin) grant(ctx context.Context, caller plugin.Caller, id spiffeid.ID
 		"%s may not hold %s: no registration entry for it has the caller or one of its node aliases as parent", caller.SPIFFEID, id)
 }
 
-// ttl picks the entry's TTL, else the default, capped at the maximum.
-func ttl(entry, def, most time.Duration) time.Duration {
+// ttlOf picks the entry's TTL, else the default, capped at the maximum.
+func ttlOf(entry, def, most time.Duration) time.Duration {
 	d := def
 	if entry > 0 {
 		d = entry
@@ -234,7 +233,7 @@ func (p *Plugin) signLeaf(csr *x509.CertificateRequest, id spiffeid.ID, entry st
 	if err != nil {
 		return nil, fmt.Errorf("svid: %w", err)
 	}
-	notAfter := now.Add(ttl(entry.X509SVIDTTL, p.cfg.X509SVIDTTL.Duration, p.cfg.MaxX509SVIDTTL.Duration))
+	notAfter := now.Add(ttlOf(entry.X509SVIDTTL, p.cfg.X509SVIDTTL.Duration, p.cfg.MaxX509SVIDTTL.Duration))
 	if notAfter.After(ca.cert.NotAfter) {
 		notAfter = ca.cert.NotAfter
 	}
@@ -320,20 +319,9 @@ func (p *Plugin) issueJWT(ctx context.Context, req *plugin.Request) (*plugin.Res
 	if err != nil {
 		return nil, err
 	}
-	now := p.now()
-	st, err := p.load(ctx, now)
+	tok, exp, err := p.SignJWT(ctx, id, aud, entry.JWTSVIDTTL)
 	if err != nil {
 		return nil, err
-	}
-	key, ok := signingJWTKey(st.jwt, now)
-	if !ok {
-		return nil, errors.New("svid: no current JWT key (is rotation running?)")
-	}
-	exp := now.Add(ttl(entry.JWTSVIDTTL, p.cfg.JWTSVIDTTL.Duration, p.cfg.MaxJWTSVIDTTL.Duration)).Truncate(time.Second)
-	claims := jwt.Claims{Subject: id.String(), Audience: jwt.Audience(aud), Expiry: jwt.NewNumericDate(exp), IssuedAt: jwt.NewNumericDate(now)}
-	tok, err := jwt.Signed(key.signer).Claims(claims).Serialize()
-	if err != nil {
-		return nil, fmt.Errorf("svid: sign JWT-SVID for %s: %w", id, err)
 	}
 	return jsonResponse(JWTResponse{Token: tok, SPIFFEID: id.String(), ExpiresAt: exp.Unix()})
 }
