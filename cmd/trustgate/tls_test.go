@@ -387,8 +387,12 @@ func testClientSVIDs(t *testing.T, srv *runningServer, dir, cfgPath, bundlePath 
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, id.String()) {
 		t.Fatalf("mTLS caller: %d %s, want 403 naming %s", resp.StatusCode, body, id)
 	}
-	if !strings.Contains(srv.log(), `"spiffe_id":"`+id.String()+`"`) {
-		t.Errorf("no audit record of the SVID caller: %s", srv.log())
+	// The server's log is read from its stderr concurrently: wait for it.
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(srv.log(), `"spiffe_id":"`+id.String()+`"`); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("no audit record of the SVID caller: %s", srv.log())
+			break
+		}
 	}
 	anon := bundleClient(t, tlsclient.Options{TrustBundlePath: bundlePath})
 	if resp, body := get(t, anon, resource); resp.StatusCode != http.StatusUnauthorized {
