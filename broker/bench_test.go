@@ -23,6 +23,11 @@ func benchRCAR(b *testing.B, setup func(*harness), tee string, evidence func(i i
 	if setup != nil {
 		setup(h)
 	}
+	runRCAR(b, h, tee, evidence)
+}
+
+// runRCAR is benchRCAR over an existing harness.
+func runRCAR(b *testing.B, h *harness, tee string, evidence func(i int, ch rcartest.Challenge, pub map[string]string) any) {
 	tr := &http.Transport{MaxIdleConns: benchClients, MaxIdleConnsPerHost: benchClients}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}

@@ -71,17 +71,23 @@ type harnessOpts struct {
 	policyFile string
 	// log receives the broker's log.
 	log *slog.Logger
+	// store, when set, is the broker's store instead of a fresh SQLite one.
+	store store.Store
 }
 
 func newHarness(t testing.TB, ho harnessOpts) *harness {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	st, err := sqlite.Open(ctx, filepath.Join(dir, "trustgate.db"), sqlite.Options{})
-	if err != nil {
-		t.Fatal(err)
+	st := ho.store
+	if st == nil {
+		db, err := sqlite.Open(ctx, filepath.Join(dir, "trustgate.db"), sqlite.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		st = db
 	}
-	t.Cleanup(func() { st.Close() })
 	sealPath := filepath.Join(dir, "seal.key")
 	if err := seal.GenerateKeyFile(sealPath); err != nil {
 		t.Fatal(err)
