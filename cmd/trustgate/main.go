@@ -93,8 +93,3 @@ func notBuilt(use, short string) *cobra.Command {
 	}
 }
 
-func newAgentCmd(g *globalFlags) *cobra.Command {
-	cmd := notBuilt("agent", "Run the node agent: attestation, SPIFFE Workload API, NRI identity injection")
-	addAgentAdminCommands(cmd, g)
-	return cmd
-}
