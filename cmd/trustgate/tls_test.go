@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -112,6 +113,7 @@ func freeAddr(t *testing.T) string {
 // runningServer is a `trustgate server` process.
 type runningServer struct {
 	api, metrics string
+	cmd          *exec.Cmd
 	mu           sync.Mutex
 	logs         bytes.Buffer
 }
@@ -153,7 +155,7 @@ func startServer(t *testing.T, args ...string) *runningServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &runningServer{}
+	s := &runningServer{cmd: cmd}
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stderr)
