@@ -154,7 +154,6 @@ func New(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (*Agent
 	return a, nil
 }
 
-
 // svidSource is the manager as an x509svid.Source, set once New built it.
 type svidSource struct{ m **nodeattest.Manager }
 

@@ -70,5 +70,3 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	)
 	return root
 }
-
-

@@ -45,7 +45,6 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-
 func TestPrintDefaultConfigRoundTrips(t *testing.T) {
 	var out bytes.Buffer
 	if code := run([]string{"server", "--print-default-config"}, &out, io.Discard); code != 0 {
