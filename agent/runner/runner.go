@@ -208,15 +208,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(a.cfg.SocketPath), 0o755); err != nil {
 		return fmt.Errorf("workload API: %w", err)
 	}
-	l, err := workloadapi.Listen(a.cfg.SocketPath)
-	if err != nil {
-		return fmt.Errorf("workload API: %w", err)
-	}
-	a.log.Info("workload API listening", "socket", a.cfg.SocketPath, "spiffe_id", a.mgr.Current().ID.String())
 	grp, ctx := errgroup.WithContext(ctx)
 	grp.Go(func() error { return a.mgr.Run(ctx) })
-	grp.Go(func() error { return a.cache.Run(ctx) })
+	grp.Go(func() error {
+		if err := a.cache.Run(ctx); ctx.Err() == nil {
+			return err
+		}
+		return nil
+	})
 	grp.Go(func() error { return a.sync.Run(ctx) })
+	// Serve once the first sync is done (or FirstSyncTimeout passed): a
+	// caller that connects earlier would match no entry yet and get
+	// PermissionDenied, which go-spiffe clients retry only after a backoff.
+	a.waitSynced(ctx, FirstSyncTimeout)
+	l, err := workloadapi.Listen(a.cfg.SocketPath)
+	if err != nil {
+		cancelErr := fmt.Errorf("workload API: %w", err)
+		grp.Go(func() error { return cancelErr })
+		return grp.Wait()
+	}
+	a.log.Info("workload API listening", "socket", a.cfg.SocketPath, "spiffe_id", a.mgr.Current().ID.String())
 	if a.nri != nil {
 		grp.Go(func() error { return a.nri.Run(ctx) })
 	}
@@ -236,3 +247,18 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // GetX509SVID implements x509svid.Source.
 func (s svidSource) GetX509SVID() (*x509svid.SVID, error) { return (*s.m).GetX509SVID() }
+
+// FirstSyncTimeout bounds how long the agent waits for its first sync
+// before it serves the Workload API anyway.
+const FirstSyncTimeout = 5 * time.Second
+
+// waitSynced waits until the first sync is done, d passes or ctx ends.
+func (a *Agent) waitSynced(ctx context.Context, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for !a.sync.Synced() && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !a.sync.Synced() {
+		a.log.Warn("serving the Workload API before the first sync with the broker", "waited", d)
+	}
+}

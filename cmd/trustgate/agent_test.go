@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -214,6 +215,7 @@ func ids(c *workloadapi.X509Context) string {
 	for _, s := range c.SVIDs {
 		out = append(out, s.ID.String())
 	}
+	slices.Sort(out) // the API orders SVIDs by entry ID
 	return strings.Join(out, ",")
 }
 
@@ -254,6 +256,9 @@ func TestAgentEndToEnd(t *testing.T) {
 	}
 	defer src.Close()
 	t.Logf("agent start to first SVID served: %v", time.Since(start))
+	if os.Getenv("AGENT_LOG") != "" {
+		t.Log(agent.log())
+	}
 	svid, err := src.GetX509SVID()
 	if err != nil {
 		t.Fatal(err)
@@ -292,9 +297,10 @@ func TestAgentEndToEnd(t *testing.T) {
 	defer client.Close()
 	w := watcher{ch: make(chan *workloadapi.X509Context, 100)}
 	go func() { _ = client.WatchX509Context(ctx, w) }()
-	waitUpdate := func(want string, timeout time.Duration) time.Duration {
+	// waitUpdate waits for the stream to show want and returns the time
+	// since t0.
+	waitUpdate := func(t0 time.Time, want string, timeout time.Duration) time.Duration {
 		t.Helper()
-		t0 := time.Now()
 		timer := time.After(timeout)
 		for {
 			select {
@@ -307,11 +313,12 @@ func TestAgentEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	waitUpdate("spiffe://example.org/workload", 5*time.Second)
+	waitUpdate(time.Now(), "spiffe://example.org/workload", 5*time.Second)
 	second := e.createEntry(t, "spiffe://example.org/second", uidSel)
-	waitUpdate("spiffe://example.org/second,spiffe://example.org/workload", 5*time.Second)
+	waitUpdate(time.Now(), "spiffe://example.org/second,spiffe://example.org/workload", 5*time.Second)
+	t0 := time.Now()
 	runOK(t, append([]string{"entry", "delete", second}, e.admin...)...)
-	if d := waitUpdate("spiffe://example.org/workload", 5*time.Second); d >= time.Second {
+	if d := waitUpdate(t0, "spiffe://example.org/workload", 5*time.Second); d >= time.Second {
 		t.Fatalf("deleted entry left the stream after %v, want < 1s", d)
 	} else {
 		t.Logf("entry deletion to stream update: %v", d)
@@ -326,7 +333,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	runOK(t, "agent", "healthcheck", "--socketPath", e.socket)
 	e.srv = startServer(t, "--config", e.serverCfg)
 	e.createEntry(t, "spiffe://example.org/third", uidSel)
-	waitUpdate("spiffe://example.org/third,spiffe://example.org/workload", 20*time.Second)
+	waitUpdate(time.Now(), "spiffe://example.org/third,spiffe://example.org/workload", 20*time.Second)
 
 	// An agent restart does not attest again: the token is gone.
 	if err := os.Remove(filepath.Join(e.dir, "join-token")); err != nil {
