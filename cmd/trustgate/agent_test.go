@@ -42,7 +42,7 @@ func (p *agentProc) log() string {
 }
 
 // waitLog waits for a record with this msg and returns it.
-func (p *agentProc) waitLog(t *testing.T, msg string, timeout time.Duration) map[string]any {
+func (p *agentProc) waitLog(t testing.TB, msg string, timeout time.Duration) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
@@ -72,7 +72,7 @@ func (p *agentProc) has(msg string) bool {
 }
 
 // stop sends SIGTERM and waits for the exit.
-func (p *agentProc) stop(t *testing.T) {
+func (p *agentProc) stop(t testing.TB) {
 	t.Helper()
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -82,7 +82,7 @@ func (p *agentProc) stop(t *testing.T) {
 	}
 }
 
-func startAgentProc(t *testing.T, args ...string) *agentProc {
+func startAgentProc(t testing.TB, args ...string) *agentProc {
 	t.Helper()
 	cmd := command(append(args, "--log-format", "json", "--log-level", "debug")...)
 	stderr, err := cmd.StderrPipe()
@@ -115,7 +115,7 @@ func startAgentProc(t *testing.T, args ...string) *agentProc {
 }
 
 // rss is a process's resident set size in kB.
-func rss(t *testing.T, pid int) int {
+func rss(t testing.TB, pid int) int {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -138,7 +138,7 @@ type agentEnv struct {
 	srv                                                *runningServer
 }
 
-func newAgentEnv(t *testing.T) *agentEnv {
+func newAgentEnv(t testing.TB) *agentEnv {
 	t.Helper()
 	dir := t.TempDir()
 	e := &agentEnv{dir: dir}
@@ -177,7 +177,7 @@ func newAgentEnv(t *testing.T) *agentEnv {
 	return e
 }
 
-func (e *agentEnv) createEntry(t *testing.T, spiffeID string, selectors ...string) string {
+func (e *agentEnv) createEntry(t testing.TB, spiffeID string, selectors ...string) string {
 	t.Helper()
 	args := []string{"entry", "create", "--spiffeID", spiffeID, "--parentID", e.agentID}
 	for _, s := range selectors {
@@ -220,7 +220,7 @@ func ids(c *workloadapi.X509Context) string {
 }
 
 // waitFor polls cond every 20 ms until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
