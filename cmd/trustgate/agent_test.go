@@ -138,12 +138,20 @@ type agentEnv struct {
 	srv                                                *runningServer
 }
 
-func newAgentEnv(t testing.TB) *agentEnv {
+func newAgentEnv(t testing.TB) *agentEnv { return newAgentEnvTTL(t, "") }
+
+// newAgentEnvTTL is newAgentEnv with the broker's x509_svid_ttl (agent and
+// workload SVIDs) set to ttl, unless empty.
+func newAgentEnvTTL(t testing.TB, ttl string) *agentEnv {
 	t.Helper()
 	dir := t.TempDir()
 	e := &agentEnv{dir: dir}
 	e.serverCfg, _ = serverConfig(t, dir, func(doc string) string {
-		return setKey(t, doc, "plugins.svid", "enabled", "true")
+		doc = setKey(t, doc, "plugins.svid", "enabled", "true")
+		if ttl != "" {
+			doc = setKey(t, doc, "plugins.svid", "x509_svid_ttl", strconv.Quote(ttl))
+		}
+		return doc
 	})
 	e.srv = startServer(t, "--config", e.serverCfg)
 	e.admin = []string{"--socket", filepath.Join(dir, "admin.sock")}
@@ -404,4 +412,47 @@ func TestAgentEndToEnd(t *testing.T) {
 		return status.Code(err) == codes.PermissionDenied
 	})
 	t.Logf("agent RSS: %d kB", rss(t, agent.cmd.Process.Pid))
+}
+
+// TestAgentRenews runs the real broker with 4 s SVIDs: the agent renews its
+// own SVID over mTLS at half its lifetime, and the workload's stream gets a
+// new SVID before half-life plus one sync.
+func TestAgentRenews(t *testing.T) {
+	e := newAgentEnvTTL(t, "4s")
+	e.createEntry(t, "spiffe://example.org/workload", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	agent := startAgentProc(t, "agent", "--config", e.agentCfg)
+	agent.waitLog(t, "workload API listening", 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx, e.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	w := watcher{ch: make(chan *workloadapi.X509Context, 100)}
+	go func() { _ = client.WatchX509Context(ctx, w) }()
+	first := <-w.ch
+	received := time.Now()
+	leaf := first.SVIDs[0].Certificates[0]
+	// The broker backdates NotBefore: half-life counts from issuance.
+	half := time.Until(leaf.NotAfter) / 2
+	if half > 3*time.Second {
+		t.Fatalf("the broker ignored x509_svid_ttl: expires in %v", 2*half)
+	}
+	for {
+		select {
+		case c := <-w.ch:
+			got := c.SVIDs[0].Certificates[0]
+			if got.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+				continue
+			}
+			if late := time.Since(received.Add(half)); late > time.Second {
+				t.Fatalf("rotated %v after half-life", late)
+			}
+			agent.waitLog(t, "agent SVID renewed", 5*time.Second)
+			return
+		case <-ctx.Done():
+			t.Fatalf("no rotation on the stream: %s", agent.log())
+		}
+	}
 }
