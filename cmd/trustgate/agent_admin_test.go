@@ -29,7 +29,8 @@ func TestAgentListEvict(t *testing.T) {
 	})
 	srv := startServer(t, "--config", cfgPath)
 	bundlePath := filepath.Join(dir, "bundle.pem")
-	admin := []string{"--server", srv.api, "--trust-bundle", bundlePath, "--admin-token", adminToken}
+	t.Setenv(envAdminToken, adminToken)
+	admin := []string{"--server", srv.api, "--trust-bundle", bundlePath}
 	cli := func(args ...string) string {
 		t.Helper()
 		var out, errb bytes.Buffer
