@@ -348,6 +348,9 @@ func TestAgentEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	agent.stop(t)
+	if code := agent.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("agent exit %d after SIGTERM: %s", code, agent.log())
+	}
 	agent = startAgentProc(t, "agent", "--config", e.agentCfg)
 	agent.waitLog(t, "workload API listening", 20*time.Second)
 	if !agent.has("agent SVID loaded from disk") || agent.has("node attested") {
