@@ -15,7 +15,7 @@ import (
 )
 
 // runOK runs the command line in-process and returns its stdout.
-func runOK(t *testing.T, args ...string) string {
+func runOK(t testing.TB, args ...string) string {
 	t.Helper()
 	var out, errb bytes.Buffer
 	if code := run(args, &out, &errb); code != 0 {

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,10 +28,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(stderr, "trustgate:", err)
-		var ne notBuiltError
-		if errors.As(err, &ne) {
-			return 3
-		}
 		return 1
 	}
 	return 0
@@ -74,27 +69,4 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newClientCmd(),
 	)
 	return root
-}
-
-// notBuiltError marks a subcommand whose feature does not exist yet.
-type notBuiltError struct{ what string }
-
-func (e notBuiltError) Error() string {
-	return fmt.Sprintf("%s: not built yet", e.what)
-}
-
-func notBuilt(use, short string) *cobra.Command {
-	return &cobra.Command{
-		Use:   use,
-		Short: short + " (not built yet)",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return notBuiltError{what: cmd.CommandPath()}
-		},
-	}
-}
-
-func newAgentCmd(g *globalFlags) *cobra.Command {
-	cmd := notBuilt("agent", "Run the node agent: attestation, SPIFFE Workload API, NRI identity injection")
-	addAgentAdminCommands(cmd, g)
-	return cmd
 }

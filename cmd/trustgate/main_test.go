@@ -45,16 +45,6 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func TestStubsSayNotBuilt(t *testing.T) {
-	for _, sub := range []string{"agent"} {
-		var errb bytes.Buffer
-		code := run([]string{sub}, io.Discard, &errb)
-		if code == 0 || !strings.Contains(errb.String(), "not built yet") {
-			t.Errorf("%s: exit %d, stderr %q", sub, code, errb.String())
-		}
-	}
-}
-
 func TestPrintDefaultConfigRoundTrips(t *testing.T) {
 	var out bytes.Buffer
 	if code := run([]string{"server", "--print-default-config"}, &out, io.Discard); code != 0 {

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -42,7 +43,7 @@ import (
 // setKey sets key in table of a TOML document written by
 // --print-default-config, as an operator edits it: the first `key = ...`
 // line of that table is replaced. table "" is the top level.
-func setKey(t *testing.T, doc, table, key, value string) string {
+func setKey(t testing.TB, doc, table, key, value string) string {
 	t.Helper()
 	lines := strings.Split(doc, "\n")
 	cur := ""
@@ -64,7 +65,7 @@ func setKey(t *testing.T, doc, table, key, value string) string {
 // docs/broker.md ("TLS") documents, plus extra edits, creates the seal key
 // with `trustgate server --create-seal-key`, and returns the config path and
 // an admin token.
-func serverConfig(t *testing.T, dir string, extra func(string) string) (string, string) {
+func serverConfig(t testing.TB, dir string, extra func(string) string) (string, string) {
 	t.Helper()
 	var out bytes.Buffer
 	if code := run([]string{"server", "--print-default-config"}, &out, io.Discard); code != 0 {
@@ -99,7 +100,7 @@ func serverConfig(t *testing.T, dir string, extra func(string) string) (string, 
 }
 
 // freeAddr is a loopback address with a port free at the time of the call.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -112,6 +113,7 @@ func freeAddr(t *testing.T) string {
 // runningServer is a `trustgate server` process.
 type runningServer struct {
 	api, metrics string
+	cmd          *exec.Cmd
 	mu           sync.Mutex
 	logs         bytes.Buffer
 }
@@ -142,7 +144,7 @@ func (s *runningServer) log() string {
 
 // startServer runs `trustgate server` with args as a process and waits for
 // its "broker listening" record.
-func startServer(t *testing.T, args ...string) *runningServer {
+func startServer(t testing.TB, args ...string) *runningServer {
 	t.Helper()
 	cmd := command(append([]string{"server", "--log-format", "json", "--log-level", "debug"}, args...)...)
 	stderr, err := cmd.StderrPipe()
@@ -153,7 +155,7 @@ func startServer(t *testing.T, args ...string) *runningServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &runningServer{}
+	s := &runningServer{cmd: cmd}
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stderr)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	agentconfig "github.com/trustgate/trustgate/agent/config"
 	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/config"
 	"github.com/trustgate/trustgate/nrigate"
@@ -30,6 +31,7 @@ const root = "../.."
 var configTypes = map[string]func() config.Validator{
 	"broker":      func() config.Validator { c := broker.DefaultConfig(); return &c },
 	"nri-gateway": func() config.Validator { c := nrigate.DefaultConfig(); return &c },
+	"agent":       func() config.Validator { c := agentconfig.Default(); return &c },
 }
 
 // langs are the info strings each kind accepts.

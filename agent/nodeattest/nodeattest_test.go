@@ -1,0 +1,100 @@
+package nodeattest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/trustgate/trustgate/client/kbs"
+)
+
+// writeSVID puts an agent SVID valid until notAfter into dir, as a previous
+// run left it.
+func writeSVID(t *testing.T, dir string, notAfter time.Time) spiffeid.ID {
+	t.Helper()
+	id := spiffeid.RequireFromString("spiffe://example.org/spire/agent/join_token/abc")
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	u, _ := url.Parse(id.String())
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: notAfter.Add(-time.Hour), NotAfter: notAfter, URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	certs, key, err := (&x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: k}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{CertFile: certs, KeyFile: key} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return id
+}
+
+func manager(t *testing.T, dir string, canReattest bool, calls *atomic.Int32) *Manager {
+	t.Helper()
+	m, err := New(Config{DataDir: dir, CanReattest: canReattest, RetryMin: 10 * time.Millisecond,
+		Attester: func() (kbs.Attester, error) {
+			calls.Add(1)
+			return nil, errors.New("no broker in this test")
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// A valid SVID on disk is used as is: no attestation.
+func TestStartUsesTheSVIDOnDisk(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	id := writeSVID(t, dir, time.Now().Add(time.Hour))
+	var calls atomic.Int32
+	m := manager(t, dir, false, &calls)
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := m.GetX509SVID(); err != nil || s.ID != id || calls.Load() != 0 {
+		t.Fatalf("SVID %v %v, attestations %d", s, err, calls.Load())
+	}
+	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
+		t.Fatalf("data_dir mode %v", st.Mode())
+	}
+}
+
+// An expired SVID: a join token is never tried again; x509pop and the like
+// attest again.
+func TestExpiredSVIDReattestsOnlyWhenItCan(t *testing.T) {
+	for _, can := range []bool{false, true} {
+		dir := filepath.Join(t.TempDir(), "data")
+		writeSVID(t, dir, time.Now().Add(-time.Minute))
+		var calls atomic.Int32
+		m := manager(t, dir, can, &calls)
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := m.Start(ctx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("canReattest=%v: Start %v", can, err)
+		}
+		if got := calls.Load() > 0; got != can {
+			t.Fatalf("canReattest=%v: attester called %d times", can, calls.Load())
+		}
+	}
+}
