@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -180,12 +181,18 @@ func TestNRIGatewayConfigErrorsAndSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := command("nri-gateway", "--config", good, "--log-format", "json")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// SIGTERM once it is running: its first retry is logged.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(stderr.String(), "cannot connect to the runtime"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			t.Fatalf("no retry record: %s", stderr.String())
+		}
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -203,4 +210,23 @@ func TestNRIGatewayConfigErrorsAndSIGTERM(t *testing.T) {
 	if !strings.Contains(stderr.String(), "cannot connect to the runtime") {
 		t.Fatalf("no retry record: %s", stderr.String())
 	}
+}
+
+// lockedBuffer is a bytes.Buffer that a child process's output copier and
+// the test may use at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
