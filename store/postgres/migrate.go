@@ -37,38 +37,33 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, target int) (err error) {
 	if err != nil {
 		return err
 	}
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	defer conn.Release()
 	// The wait for another replica's migration and a migration itself
 	// (an index on a large table) may take longer than the statement
-	// timeout; ctx bounds them instead. RESET restores the connection's
-	// own setting before it goes back to the pool.
-	if _, err := conn.Exec(ctx, `SET statement_timeout = 0`); err != nil {
-		return fmt.Errorf("lift the statement timeout for migration: %w", err)
+	// timeout; ctx bounds them instead. They run on a connection of their
+	// own that starts without the timeout, rather than lifting it with a
+	// SET on a pooled connection: that SET runs under the timeout itself,
+	// and a 1 ms timeout on a loaded machine cancelled it.
+	cc := pool.Config().ConnConfig.Copy()
+	cc.RuntimeParams["statement_timeout"] = "0"
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("connect for migration: %w", err)
 	}
-	defer func() {
-		if _, rerr := conn.Exec(context.WithoutCancel(ctx), `RESET statement_timeout`); rerr != nil {
-			_ = conn.Conn().Close(context.WithoutCancel(ctx))
-			err = errors.Join(err, fmt.Errorf("restore the statement timeout: %w", rerr))
-		}
-	}()
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
 	if _, err := conn.Exec(ctx, migrateLock); err != nil {
 		return fmt.Errorf("lock for migration: %w", err)
 	}
 	defer func() {
-		// A failed unlock leaves the lock with the session: end it.
+		// A failed unlock is harmless: closing the connection ends the
+		// session, which releases the lock.
 		if _, uerr := conn.Exec(context.WithoutCancel(ctx), migrateUnlock); uerr != nil {
-			_ = conn.Conn().Close(context.WithoutCancel(ctx))
 			err = errors.Join(err, fmt.Errorf("unlock after migration: %w", uerr))
 		}
 	}()
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
 		return fmt.Errorf("create schema_version: %w", err)
 	}
-	current, err := schemaVersion(ctx, conn.Conn())
+	current, err := schemaVersion(ctx, conn)
 	if err != nil {
 		return err
 	}
@@ -79,7 +74,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, target int) (err error) {
 		target = len(ms)
 	}
 	for _, m := range ms[current:max(current, target)] {
-		err := pgx.BeginFunc(ctx, conn.Conn(), func(tx pgx.Tx) error {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, m.SQL); err != nil {
 				return err
 			}
