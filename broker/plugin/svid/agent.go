@@ -25,13 +25,9 @@ func (p *Plugin) SignX509(ctx context.Context, csr *x509.CertificateRequest, id 
 		return nil, fmt.Errorf("svid: %s is not in trust domain %s", id, p.td)
 	}
 	now := p.now()
-	st, err := p.load(ctx, now)
+	ca, err := p.currentIntermediate(ctx, now)
 	if err != nil {
 		return nil, err
-	}
-	ca, ok := signingAuthority(st.intermediates, now)
-	if !ok {
-		return nil, errors.New("svid: no current intermediate CA (is rotation running?)")
 	}
 	leaf, err := p.signLeaf(csr, id, store.Entry{X509SVIDTTL: ttl, DNSNames: dnsNames}, ca, now)
 	if err != nil {

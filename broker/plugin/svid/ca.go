@@ -163,6 +163,20 @@ type state struct {
 	sequence             uint64
 }
 
+// currentIntermediate returns the intermediate CA that signs at now, from
+// the CA state as loaded for now.
+func (p *Plugin) currentIntermediate(ctx context.Context, now time.Time) (authority, error) {
+	st, err := p.load(ctx, now)
+	if err != nil {
+		return authority{}, err
+	}
+	ca, ok := signingAuthority(st.intermediates, now)
+	if !ok {
+		return authority{}, errors.New("svid: no current intermediate CA (is rotation running?)")
+	}
+	return ca, nil
+}
+
 // signingAuthority returns the newest authority whose window holds now.
 func signingAuthority(list []authority, now time.Time) (authority, bool) {
 	for i := len(list) - 1; i >= 0; i-- {

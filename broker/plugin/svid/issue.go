@@ -12,7 +12,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -207,13 +206,9 @@ func (p *Plugin) issueX509(ctx context.Context, req *plugin.Request) (*plugin.Re
 		return nil, err
 	}
 	now := p.now()
-	st, err := p.load(ctx, now)
+	ca, err := p.currentIntermediate(ctx, now)
 	if err != nil {
 		return nil, err
-	}
-	ca, ok := signingAuthority(st.intermediates, now)
-	if !ok {
-		return nil, errors.New("svid: no current intermediate CA (is rotation running?)")
 	}
 	leaf, err := p.signLeaf(csr, id, entry, ca, now)
 	if err != nil {

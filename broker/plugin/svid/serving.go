@@ -45,13 +45,9 @@ func (p *Plugin) IssueServing(ctx context.Context, req ServingRequest) ([]*x509.
 		return nil, errors.New("svid: serving certificate: TTL must be positive")
 	}
 	now := p.now()
-	st, err := p.load(ctx, now)
+	ca, err := p.currentIntermediate(ctx, now)
 	if err != nil {
 		return nil, err
-	}
-	ca, ok := signingAuthority(st.intermediates, now)
-	if !ok {
-		return nil, errors.New("svid: no current intermediate CA (is rotation running?)")
 	}
 	serial, err := serialNumber()
 	if err != nil {
