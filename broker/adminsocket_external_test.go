@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -9,11 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/trustgate/trustgate/broker"
+	"github.com/trustgate/trustgate/internal/syncbuf"
 )
 
 // serveSocket serves h's admin socket in dir until the test ends.
@@ -116,24 +115,6 @@ func TestAdminSocketPathInTheWay(t *testing.T) {
 	ln.Close()
 }
 
-// syncBuf is a log sink safe for the broker's goroutines.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 const filePolicyA = `package policy
 
 default allow := false
@@ -157,7 +138,7 @@ func TestPolicyFileHotReload(t *testing.T) {
 	if err := os.WriteFile(file, []byte(filePolicyA), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuf
+	var logs syncbuf.Buffer
 	h := newHarness(t, harnessOpts{policyFile: file, log: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/broker/rcartest"
+	"github.com/trustgate/trustgate/internal/syncbuf"
 )
 
 type namedPlugin struct {
@@ -345,7 +345,7 @@ func TestResourceJWE(t *testing.T) {
 }
 
 func TestAuditAndMetrics(t *testing.T) {
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	reg := prometheus.NewRegistry()
 	h := newHarness(t, harnessOpts{plugins: withResourceAndEcho, policy: allowEchoGet, metrics: reg,
 		audit: slog.New(slog.NewJSONHandler(&buf, nil))})
@@ -422,21 +422,4 @@ func counter(t *testing.T, reg *prometheus.Registry, labels ...string) prometheu
 		}
 	}
 	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x", Help: "x"}, func() float64 { return 0 })
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

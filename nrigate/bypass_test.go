@@ -44,7 +44,7 @@ func (e *env) direct(idx, name string, p any) {
 
 // auditDeny finds a deny record for plugin whose key is key.
 func (e *env) auditDeny(plugin, key string) error {
-	for _, r := range e.logs.records() {
+	for _, r := range e.logs.Records() {
 		if r["audit"] == "nri" && r["verdict"] == "deny" && r["plugin"] == plugin && r["key"] == key {
 			return nil
 		}
@@ -190,7 +190,7 @@ func TestForeignObserverIsReported(t *testing.T) {
 		if (e.foreignMetric("07-observer")) < 1 {
 			return errors.New("no metric")
 		}
-		for _, r := range e.logs.records() {
+		for _, r := range e.logs.Records() {
 			if r["msg"] == "foreign NRI plugin on the runtime's socket" && r["plugin"] == "07-observer" {
 				return nil
 			}
@@ -285,7 +285,7 @@ func TestHandshakeRefusalIsAudited(t *testing.T) {
 		t.Fatalf("unknown key: %v", err)
 	}
 	eventually(t, "audit record of the refused handshake", func() error {
-		for _, r := range e.logs.records() {
+		for _, r := range e.logs.Records() {
 			if r["audit"] == "nri" && r["event"] == "handshake" && r["verdict"] == "deny" &&
 				r["key_fingerprint"] == stranger.Public().Fingerprint() && r["plugin"] == "20-injector" &&
 				strings.HasPrefix(fmt.Sprint(r["key"]), "uid ") {

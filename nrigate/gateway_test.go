@@ -1,9 +1,7 @@
 package nrigate
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,36 +20,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/internal/syncbuf"
 	"github.com/trustgate/trustgate/nrigate/nrilog"
 	"github.com/trustgate/trustgate/nripolicy"
 	"github.com/trustgate/trustgate/pluginauth"
 	"github.com/trustgate/trustgate/seccomp"
 )
-
-// lockedBuffer is a log sink safe for concurrent writers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) records() []map[string]any {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for _, line := range strings.Split(b.buf.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil {
-			out = append(out, m)
-		}
-	}
-	return out
-}
 
 // standIn is an in-process containerd: NRI's adaptation on the upstream
 // socket, as containerd builds it.
@@ -137,7 +111,7 @@ type env struct {
 	dir    string
 	rt     *standIn
 	cfg    Config
-	logs   *lockedBuffer
+	logs   *syncbuf.Buffer
 	cancel context.CancelFunc
 	done   chan error
 	keys   map[string]*pluginauth.PrivateKey
@@ -151,7 +125,7 @@ func newEnv(t testing.TB, mutate func(e *env, c *Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	e := &env{t: t, dir: dir, rt: newStandIn(t, dir), logs: &lockedBuffer{}, keys: map[string]*pluginauth.PrivateKey{}}
+	e := &env{t: t, dir: dir, rt: newStandIn(t, dir), logs: &syncbuf.Buffer{}, keys: map[string]*pluginauth.PrivateKey{}}
 	for _, name := range []string{"injector", "security", "trusted", "resources"} {
 		k, err := pluginauth.GenerateKey()
 		if err != nil {
@@ -196,7 +170,7 @@ func (e *env) start() {
 	// The socket file exists between bind and listen; the log record
 	// comes after both.
 	eventually(e.t, "gateway to accept plugins", func() error {
-		for _, r := range e.logs.records() {
+		for _, r := range e.logs.Records() {
 			if r["msg"] == "accepting plugins" {
 				return nil
 			}
@@ -370,7 +344,7 @@ func TestKeyClaimingAnotherPluginsNameIsRefused(t *testing.T) {
 		t.Fatal("registration under another role's name succeeded")
 	}
 	eventually(t, "audit record of the refused registration", func() error {
-		for _, r := range e.logs.records() {
+		for _, r := range e.logs.Records() {
 			if r["audit"] == "nri" && r["event"] == "register" && r["verdict"] == "deny" && r["key"] == "40-trusted" && r["role"] == "injector" {
 				return nil
 			}
@@ -396,7 +370,7 @@ func TestSeccompTightenOnlyVersusAny(t *testing.T) {
 		return nil
 	})
 	var audited bool
-	for _, r := range e.logs.records() {
+	for _, r := range e.logs.Records() {
 		if r["verdict"] == "deny" && r["field"] == "SeccompPolicy" && strings.Contains(fmt.Sprint(r["reason"]), "mount") {
 			audited = true
 		}
@@ -532,10 +506,10 @@ func TestGatewayRestartKeepsPolicing(t *testing.T) {
 	}
 	eventually(t, "policing before restart", check)
 	e.stop()
-	e.logs = &lockedBuffer{}
+	e.logs = &syncbuf.Buffer{}
 	e.start()
 	eventually(t, "policing after restart", check)
-	for _, r := range e.logs.records() {
+	for _, r := range e.logs.Records() {
 		if r["msg"] == "plugin registered" && r["role"] == "security" {
 			return
 		}
@@ -694,7 +668,7 @@ func TestRuntimeRestartReconnectsAndPolices(t *testing.T) {
 	proxy.restart(rt2.socket)
 	eventually(t, "policing by the restarted runtime", policed(rt2))
 	eventually(t, "resynchronization", func() error {
-		for _, r := range e.logs.records() {
+		for _, r := range e.logs.Records() {
 			if r["msg"] == "synchronized with runtime" && r["pods"] == float64(2) {
 				return nil
 			}

@@ -41,7 +41,7 @@ func (p *hookPlugin) CreateContainer(context.Context, *api.PodSandbox, *api.Cont
 // lostRecords returns the audit records of lost requests.
 func (e *env) lostRecords() []map[string]any {
 	var out []map[string]any
-	for _, r := range e.logs.records() {
+	for _, r := range e.logs.Records() {
 		if r["audit"] == "nri" && r["event"] == "lost" {
 			out = append(out, r)
 		}
@@ -108,7 +108,7 @@ func TestLostAdjustmentsAreAudited(t *testing.T) {
 			if !c.createErr {
 				// The relay reports before the plugin's connection ends.
 				eventually(t, "the plugin to disconnect", func() error {
-					for _, r := range e.logs.records() {
+					for _, r := range e.logs.Records() {
 						if r["msg"] == "plugin disconnected" || r["msg"] == "plugin connection ended" {
 							return nil
 						}
@@ -126,7 +126,7 @@ func TestLostAdjustmentsAreAudited(t *testing.T) {
 				t.Fatalf("lost record %v", r)
 			}
 			var warnings int
-			for _, r := range e.logs.records() {
+			for _, r := range e.logs.Records() {
 				if r["level"] == "WARN" && r["msg"] == "a plugin's adjustments were lost" && r["container"] == "lost-ctr" {
 					warnings++
 				}

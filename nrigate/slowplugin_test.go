@@ -168,7 +168,7 @@ func TestSlowPluginDoesNotStopCreation(t *testing.T) {
 	t.Cleanup(s.Stop)
 	eventually(t, "both plugins synchronized", func() error {
 		n := 0
-		for _, r := range e.logs.records() {
+		for _, r := range e.logs.Records() {
 			if r["msg"] == "plugin registered" {
 				n++
 			}

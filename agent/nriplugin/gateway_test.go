@@ -1,9 +1,7 @@
 package nriplugin_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +25,7 @@ import (
 	"github.com/trustgate/trustgate/agent/internal/testca"
 	"github.com/trustgate/trustgate/agent/nriplugin"
 	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/internal/syncbuf"
 	"github.com/trustgate/trustgate/nrigate"
 	"github.com/trustgate/trustgate/nrigate/nrilog"
 	"github.com/trustgate/trustgate/pluginauth"
@@ -44,30 +43,6 @@ const (
 	socketDir   = "/run/trustgate/workload-api"
 	destination = "/spiffe-workload-api"
 )
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) records() []map[string]any {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for _, line := range strings.Split(b.buf.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil {
-			out = append(out, m)
-		}
-	}
-	return out
-}
 
 // runtime is an in-process containerd: NRI's adaptation, as containerd
 // builds it, with the pods and containers it reports at Synchronize.
@@ -119,7 +94,7 @@ func newRuntime(t testing.TB, dir string, pods []*api.PodSandbox, ctrs []*api.Co
 type env struct {
 	rt   *runtime
 	cfg  nrigate.Config
-	logs *lockedBuffer
+	logs *syncbuf.Buffer
 	key  *pluginauth.PrivateKey
 	stop func()
 }
@@ -127,7 +102,7 @@ type env struct {
 // startGateway runs a gateway with e.cfg until stop or the test's end.
 func (e *env) startGateway(t testing.TB) {
 	t.Helper()
-	before := len(e.logs.records())
+	before := len(e.logs.Records())
 	g, err := nrigate.New(e.cfg, slog.New(slog.NewJSONHandler(e.logs, nil)), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +121,7 @@ func (e *env) startGateway(t testing.TB) {
 	}
 	t.Cleanup(e.stop)
 	eventually(t, "the gateway to accept plugins", func() error {
-		for _, r := range e.logs.records()[before:] {
+		for _, r := range e.logs.Records()[before:] {
 			if r["msg"] == "accepting plugins" {
 				return nil
 			}
@@ -184,7 +159,7 @@ func newEnv(t testing.TB, pods []*api.PodSandbox, ctrs []*api.Container, mutate 
 		t.Fatal("the example has no workload-identity role")
 	}
 	c.Roles[i].Keys = []string{key.Public().String()}
-	e := &env{rt: newRuntime(t, dir, pods, ctrs), logs: &lockedBuffer{}, key: key}
+	e := &env{rt: newRuntime(t, dir, pods, ctrs), logs: &syncbuf.Buffer{}, key: key}
 	c.UpstreamSocket = e.rt.socket
 	c.Socket = filepath.Join(dir, "gw.sock")
 	c.StateDir = filepath.Join(dir, "state")
@@ -446,7 +421,7 @@ func TestAgentKeyIsRefusedBeyondItsRole(t *testing.T) {
 			defer func() { s.Stop(); <-closed }()
 			var err error
 			p := pod("p-"+strings.ReplaceAll(tc.name, " ", "-"), "demo", nil, nil)
-			before := len(e.logs.records())
+			before := len(e.logs.Records())
 			var rsp *api.CreateContainerResponse
 			eventually(t, "the plugin to be registered", func() error {
 				rsp, err = e.create(p, ctr(p, p.Id+"-ctr"))
@@ -468,7 +443,7 @@ func TestAgentKeyIsRefusedBeyondItsRole(t *testing.T) {
 				t.Fatalf("the gateway let it through: %v", rsp.GetAdjust())
 			}
 			var denied []string
-			for _, r := range e.logs.records()[before:] {
+			for _, r := range e.logs.Records()[before:] {
 				if r["audit"] == "nri" && r["verdict"] == "deny" && r["role"] == "workload-identity" &&
 					r["plugin"] == nriplugin.DefaultPluginIndex+"-"+nriplugin.DefaultPluginName {
 					denied = append(denied, fmt.Sprint(r["field"], " ", r["key"], ": ", r["reason"]))

@@ -10,13 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/trustgate/trustgate/broker"
 	"github.com/trustgate/trustgate/config"
+	"github.com/trustgate/trustgate/internal/syncbuf"
 	"github.com/trustgate/trustgate/pluginauth"
 )
 
@@ -181,7 +181,7 @@ func TestNRIGatewayConfigErrorsAndSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := command("nri-gateway", "--config", good, "--log-format", "json")
-	stderr := &lockedBuffer{}
+	stderr := &syncbuf.Buffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -210,23 +210,4 @@ func TestNRIGatewayConfigErrorsAndSIGTERM(t *testing.T) {
 	if !strings.Contains(stderr.String(), "cannot connect to the runtime") {
 		t.Fatalf("no retry record: %s", stderr.String())
 	}
-}
-
-// lockedBuffer is a bytes.Buffer that a child process's output copier and
-// the test may use at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

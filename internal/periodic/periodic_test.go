@@ -5,21 +5,15 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/trustgate/trustgate/internal/syncbuf"
 )
-
-type buf struct {
-	mu sync.Mutex
-	sb strings.Builder
-}
-
-func (b *buf) Write(p []byte) (int, error) { b.mu.Lock(); defer b.mu.Unlock(); return b.sb.Write(p) }
 
 func TestRunCallsBoundedAndLogsFailures(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var b buf
+	var b syncbuf.Buffer
 	calls := 0
 	done := make(chan struct{})
 	go func() {
@@ -43,10 +37,8 @@ func TestRunCallsBoundedAndLogsFailures(t *testing.T) {
 	if calls < 3 {
 		t.Fatalf("%d calls", calls)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !strings.Contains(b.sb.String(), "rotation") || !strings.Contains(b.sb.String(), "boom") {
-		t.Fatalf("failure not logged: %s", b.sb.String())
+	if !strings.Contains(b.String(), "rotation") || !strings.Contains(b.String(), "boom") {
+		t.Fatalf("failure not logged: %s", b.String())
 	}
 }
 
