@@ -16,7 +16,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +35,7 @@ import (
 	"github.com/trustgate/trustgate/broker/rcartest"
 	"github.com/trustgate/trustgate/seal"
 	"github.com/trustgate/trustgate/store"
+	"github.com/trustgate/trustgate/store/sqlite"
 )
 
 // agentEnv is a broker with the svid plugin over HTTPS that requests
@@ -629,5 +632,70 @@ func TestEvictedAgentRefusedEverywhere(t *testing.T) {
 	}
 	if st := withToken("GET", scope, nil); st != 403 {
 		t.Fatalf("evicted agent's attestation token, /token: %d", st)
+	}
+}
+
+// racyStore is a store whose entry List runs hook once, after the long
+// poll has read the revision: a change committed between the two reads.
+type racyStore struct {
+	store.Store
+	hook atomic.Pointer[func()]
+}
+
+func (s *racyStore) Entries() store.Entries { return racyEntries{s.Store.Entries(), s} }
+
+type racyEntries struct {
+	store.Entries
+	s *racyStore
+}
+
+func (e racyEntries) List(ctx context.Context, f store.EntryFilter) ([]store.Entry, error) {
+	if h := e.s.hook.Swap(nil); h != nil {
+		(*h)()
+	}
+	return e.Entries.List(ctx, f)
+}
+
+// TestAgentAPILongPollChangeBetweenReads: an entry deleted after the long
+// poll read the revision but before it read the agent's entries still
+// ends the poll at once. The poll's answer pairs a revision with exactly
+// the entries of that revision; pairing it with the newer set made the
+// poll wait out its whole wait while the agent kept serving the deleted
+// entry (seen in TestAgentEndToEnd as a 5 s stall).
+func TestAgentAPILongPollChangeBetweenReads(t *testing.T) {
+	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "trustgate.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	racy := &racyStore{Store: db}
+	e := newAgentEnvOpts(t, harnessOpts{store: racy})
+	a := e.attestAgent(t)
+	keep := e.entry(t, "spiffe://example.org/keep", a.svid.ID.String())
+	gone := e.entry(t, "spiffe://example.org/gone", a.svid.ID.String())
+	first, st, body := e.entries(t, a, "")
+	if st != 200 || len(first.Entries) != 2 {
+		t.Fatalf("entries: %d %s", st, body)
+	}
+	// The agent's next long poll: the delete lands between its reads.
+	hook := func() {
+		if err := db.Entries().Delete(context.Background(), gone.ID); err != nil {
+			t.Error(err)
+		}
+	}
+	racy.hook.Store(&hook)
+	start := time.Now()
+	got, st, body := e.entries(t, a, fmt.Sprintf("?revision=%d&wait=5s", first.Revision))
+	if st != 200 || len(got.Entries) != 1 || got.Entries[0].ID != keep.ID || got.Revision <= first.Revision {
+		t.Fatalf("after a delete between the reads: %d %s", st, body)
+	}
+	if d := time.Since(start); d >= 2*time.Second {
+		t.Fatalf("the poll waited %s for a change made at its start", d)
+	}
+	// The revision it gave is the current one: the next poll waits.
+	start = time.Now()
+	again, st, body := e.entries(t, a, fmt.Sprintf("?revision=%d&wait=300ms", got.Revision))
+	if st != 200 || again.Revision != got.Revision || len(again.Entries) != 1 || time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("the next poll: %d after %s: %s", st, time.Since(start), body)
 	}
 }

@@ -113,6 +113,45 @@ func toWire(e store.Entry) wire.Entry {
 	return out
 }
 
+// snapshotTries bounds how often snapshot reads again while entries keep
+// changing under it.
+const snapshotTries = 4
+
+// snapshot reads the entries revision and the agent's authorized set as
+// one state: the revision is read before and after the set, and the set is
+// read again until both agree. An answer must never pair a revision with a
+// newer set: the agent would come back with that revision, the long poll
+// would take the newer set as what the agent holds, and a change already
+// made would never end the poll. When the entries keep changing, the set
+// goes out with the first (older) revision, so that the agent's next
+// request is answered at once.
+func (a *API) snapshot(ctx context.Context, ag store.Agent) (int64, []store.Entry, error) {
+	var (
+		first int64
+		list  []store.Entry
+	)
+	for i := range snapshotTries {
+		before, err := a.store.Entries().Revision(ctx)
+		if err != nil {
+			return 0, nil, fmt.Errorf("entries revision: %w", err)
+		}
+		if i == 0 {
+			first = before
+		}
+		if list, err = a.authorized(ctx, ag); err != nil {
+			return 0, nil, err
+		}
+		after, err := a.store.Entries().Revision(ctx)
+		if err != nil {
+			return 0, nil, fmt.Errorf("entries revision: %w", err)
+		}
+		if after == before {
+			return before, list, nil
+		}
+	}
+	return first, list, nil
+}
+
 // writeSlack is the time a long poll's answer has to be computed and
 // written after its wait.
 const writeSlack = 10 * time.Second
@@ -167,12 +206,7 @@ func (a *API) serveEntries(w http.ResponseWriter, r *http.Request) {
 	if a.changes != nil {
 		ext = a.changes.Changed()
 	}
-	rev, err := a.store.Entries().Revision(ctx)
-	if err != nil {
-		a.fail(w, r, fmt.Errorf("entries revision: %w", err))
-		return
-	}
-	list, err := a.authorized(ctx, ag)
+	rev, list, err := a.snapshot(ctx, ag)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -209,7 +243,6 @@ func (a *API) serveEntries(w http.ResponseWriter, r *http.Request) {
 			if now == rev {
 				continue
 			}
-			rev = now
 			// Something changed: the agent itself (eviction) or entries.
 			cur, err := a.store.Agents().Get(ctx, ag.SPIFFEID)
 			if err != nil {
@@ -221,7 +254,7 @@ func (a *API) serveEntries(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			ag = cur
-			if list, err = a.authorized(ctx, ag); err != nil {
+			if rev, list, err = a.snapshot(ctx, ag); err != nil {
 				a.fail(w, r, err)
 				return
 			}

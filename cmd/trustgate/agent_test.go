@@ -110,7 +110,13 @@ func startAgentProc(t testing.TB, args ...string) *agentProc {
 		_ = cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-p.done })
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("log of %s:\n%s", strings.Join(args, " "), p.log())
+		}
+	})
 	return p
 }
 

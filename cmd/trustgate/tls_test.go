@@ -177,7 +177,13 @@ func startServer(t testing.TB, args ...string) *runningServer {
 			}
 		}
 	}()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.log())
+		}
+	})
 	select {
 	case <-ready:
 	case <-time.After(20 * time.Second):
