@@ -26,30 +26,43 @@ func migrations() ([]migration.Migration, error) {
 const migrateLock = `SELECT pg_advisory_lock(hashtextextended('trustgate.migrate:' || current_schema(), 0))`
 const migrateUnlock = `SELECT pg_advisory_unlock(hashtextextended('trustgate.migrate:' || current_schema(), 0))`
 
+// setUp runs what Open does before the pool serves: the migrations up to
+// target (all when target < 0), and reading the notification channel's
+// name. It runs them on a connection of its own that starts without the
+// statement timeout: the wait for another replica's migration and a
+// migration itself (an index on a large table) may take longer than the
+// timeout, and ctx bounds them instead. Lifting the timeout with a SET on a
+// pooled connection would not do, as that SET runs under the timeout
+// itself; and no statement of the start-up runs under it, since a 1 ms
+// timeout on a loaded machine cancelled even the channel's SELECT.
+func setUp(ctx context.Context, pool *pgxpool.Pool, target int) (channel string, err error) {
+	cc := pool.Config().ConnConfig.Copy()
+	cc.RuntimeParams["statement_timeout"] = "0"
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return "", fmt.Errorf("connect for migration: %w", err)
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	if err := migrate(ctx, conn, target); err != nil {
+		return "", err
+	}
+	if err := conn.QueryRow(ctx, channelSQL).Scan(&channel); err != nil {
+		return "", fmt.Errorf("notification channel: %w", err)
+	}
+	return channel, nil
+}
+
 // migrate brings the database up to version target (all migrations when
 // target < 0). It holds an advisory lock throughout, so that of several
 // replicas starting at once one migrates while the others wait and then
 // find nothing to do. Each step commits together with its version bump, so
 // a crash leaves the schema at a whole version (PostgreSQL's DDL is
 // transactional).
-func migrate(ctx context.Context, pool *pgxpool.Pool, target int) (err error) {
+func migrate(ctx context.Context, conn *pgx.Conn, target int) (err error) {
 	ms, err := migrations()
 	if err != nil {
 		return err
 	}
-	// The wait for another replica's migration and a migration itself
-	// (an index on a large table) may take longer than the statement
-	// timeout; ctx bounds them instead. They run on a connection of their
-	// own that starts without the timeout, rather than lifting it with a
-	// SET on a pooled connection: that SET runs under the timeout itself,
-	// and a 1 ms timeout on a loaded machine cancelled it.
-	cc := pool.Config().ConnConfig.Copy()
-	cc.RuntimeParams["statement_timeout"] = "0"
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		return fmt.Errorf("connect for migration: %w", err)
-	}
-	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
 	if _, err := conn.Exec(ctx, migrateLock); err != nil {
 		return fmt.Errorf("lock for migration: %w", err)
 	}

@@ -53,12 +53,8 @@ func open(ctx context.Context, opts Options, target int) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	if err := migrate(ctx, pool, target); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres: %s: %w", describe(cfg), err)
-	}
-	var channel string
-	if err := pool.QueryRow(ctx, channelSQL).Scan(&channel); err != nil {
+	channel, err := setUp(ctx, pool, target)
+	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: %s: %w", describe(cfg), err)
 	}

@@ -188,18 +188,38 @@ func TestRefusesNewerSchema(t *testing.T) {
 }
 
 // TestMigrationIgnoresStatementTimeout opens a fresh schema with a
-// statement timeout far shorter than the migrations (and the wait for
-// another replica's migration) take: the migrations must still run, and the
+// statement timeout far shorter than the wait for another replica's
+// migration (held here for 400 ms): Open must still succeed, and the
 // timeout must then hold again for the store's statements.
 func TestMigrationIgnoresStatementTimeout(t *testing.T) {
+	ctx := context.Background()
 	opts := freshSchema(t)
-	opts.StatementTimeout = time.Millisecond
+	opts.StatementTimeout = 50 * time.Millisecond
+	other, err := pgx.Connect(ctx, opts.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	if _, err := other.Exec(ctx, migrateLock); err != nil {
+		t.Fatal(err)
+	}
+	const hold = 400 * time.Millisecond
+	start := time.Now()
+	go func() {
+		time.Sleep(hold)
+		if _, err := other.Exec(ctx, migrateUnlock); err != nil {
+			t.Error(err)
+		}
+	}()
 	db := openT(t, opts)
 	defer db.Close()
-	for range 3 { // every connection of the pool, including the migrating one
+	if d := time.Since(start); d < hold {
+		t.Fatalf("Open returned after %s, before the other replica's migration lock was released", d)
+	}
+	for range 3 { // every connection of the pool
 		var timeout string
-		if err := db.pool.QueryRow(context.Background(), `SHOW statement_timeout`).Scan(&timeout); err != nil || timeout != "1ms" {
-			t.Fatalf("statement_timeout after migrating = %q (%v), want 1ms", timeout, err)
+		if err := db.pool.QueryRow(ctx, `SHOW statement_timeout`).Scan(&timeout); err != nil || timeout != "50ms" {
+			t.Fatalf("statement_timeout after migrating = %q (%v), want 50ms", timeout, err)
 		}
 	}
 }
