@@ -205,14 +205,17 @@ func TestMigrationIgnoresStatementTimeout(t *testing.T) {
 	}
 	const hold = 400 * time.Millisecond
 	start := time.Now()
+	unlocked := make(chan error, 1)
 	go func() {
 		time.Sleep(hold)
-		if _, err := other.Exec(ctx, migrateUnlock); err != nil {
-			t.Error(err)
-		}
+		_, err := other.Exec(ctx, migrateUnlock)
+		unlocked <- err
 	}()
 	db := openT(t, opts)
 	defer db.Close()
+	if err := <-unlocked; err != nil {
+		t.Fatal(err)
+	}
 	if d := time.Since(start); d < hold {
 		t.Fatalf("Open returned after %s, before the other replica's migration lock was released", d)
 	}
