@@ -336,4 +336,3 @@ func readFileOr(path string) string {
 	}
 	return string(b)
 }
-
