@@ -291,9 +291,18 @@ func (e *identityEnv) deleteEntry(t testing.TB, id string) {
 // metric reads one unlabelled metric of the agent.
 func (e *identityEnv) metric(t testing.TB, name string) float64 {
 	t.Helper()
+	v, err := e.readMetric(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// readMetric is metric for any goroutine.
+func (e *identityEnv) readMetric(name string) (float64, error) {
 	resp, err := http.Get("http://" + e.metrics + "/metrics")
 	if err != nil {
-		t.Fatalf("the agent's metrics: %v", err)
+		return 0, fmt.Errorf("the agent's metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
@@ -301,13 +310,12 @@ func (e *identityEnv) metric(t testing.TB, name string) float64 {
 		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
-				t.Fatalf("metric %s: %v", name, err)
+				return 0, fmt.Errorf("metric %s: %w", name, err)
 			}
-			return f
+			return f, nil
 		}
 	}
-	t.Fatalf("the agent has no metric %s", name)
-	return 0
+	return 0, fmt.Errorf("the agent has no metric %s", name)
 }
 
 // waitMetric waits until ok holds for the agent's metric.
