@@ -43,7 +43,7 @@ func TestIdentityDemo(t *testing.T) {
 		return r.isAudit("allow") && r.str("container") == id && r.str("role") == "workload-identity"
 	})
 	t.Logf("container %s: mount %s and %s (checked in the runtime's bundle spec and the process's environment)", id, wantMount, wantEnv)
-	t.Logf("$ crictl exec %s %s/spiffeclient x509", id, clientDest)
+	t.Logf("CRI ExecSync in container %s: %s/spiffeclient x509 (go-spiffe's workloadapi.FetchX509Context)", id, clientDest)
 	o, errOut, code := e.fetch(t, id)
 	if code != 0 {
 		t.Fatalf("the go-spiffe client in the matching container: exit %d: %s", code, errOut)
