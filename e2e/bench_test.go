@@ -115,7 +115,9 @@ func median(ds []time.Duration) time.Duration {
 func BenchmarkIdentityCreateOnRealRuntime(b *testing.B) {
 	e := newIdentityEnv(b, nil)
 	s := e.s
-	const perRound = 5
+	// Three creations per setup and round keep it under a minute at
+	// make e2e's -benchtime 3x; -count gives more rounds.
+	const perRound = 3
 	setups := []string{"identity", "none"}
 	total := map[string][]time.Duration{}
 	create := map[string][]time.Duration{}
