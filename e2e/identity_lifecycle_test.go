@@ -28,7 +28,8 @@ import (
 
 // TestIdentityLifecycle runs the identity loop through a process outside
 // every container, the deletion of a pod whose workloads hold Workload API
-// streams, and a restart of the agent.
+// streams, a restart of the agent, and the agent configured beyond its
+// role.
 func TestIdentityLifecycle(t *testing.T) {
 	e := newIdentityEnv(t, nil)
 	s := e.s
@@ -220,6 +221,29 @@ func TestIdentityLifecycle(t *testing.T) {
 		} else {
 			e.verify(t, o, demoID)
 		}
+	})
+
+	// The real agent configured to inject elsewhere than its role allows
+	// (destination /etc/ssl) is refused: the container is not created,
+	// and the gateway audits the denial under the agent's role.
+	t.Run("agent beyond its role", func(t *testing.T) {
+		cfg := strings.Replace(readFile(t, e.agentCfg), `destination = "`+demoDest+`"`, `destination = "/etc/ssl"`, 1)
+		if !strings.Contains(cfg, `"/etc/ssl"`) {
+			t.Fatalf("the agent's configuration has no destination = %q to change", demoDest)
+		}
+		e.agentCfg = filepath.Join(e.dir, "agent-etc-ssl.toml")
+		if err := os.WriteFile(e.agentCfg, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e.agent.stop()
+		e.startAgent(t)
+		p := s.runPodIn(t, s.podName(t), demoNS, map[string]string{"app": "web"})
+		if id, err := e.s.createContainerConfig(p, e.clientContainer("app")); err == nil {
+			t.Fatalf("the runtime created container %s with the agent's socket at /etc/ssl; want a refusal%s", id, e.gw.digestIf())
+		}
+		e.gw.waitRecord(t, "a deny audit record of role workload-identity for pod "+p.ref(), 5*time.Second, func(r record) bool {
+			return r.isAudit("deny") && r.str("role") == "workload-identity" && r.str("pod") == p.ref()
+		})
 	})
 }
 

@@ -42,7 +42,10 @@ func TestIdentityDemo(t *testing.T) {
 	e.gw.waitRecord(t, "allow audit records of the workload-identity role for "+id, 5*time.Second, func(r record) bool {
 		return r.isAudit("allow") && r.str("container") == id && r.str("role") == "workload-identity"
 	})
-	t.Logf("container %s: mount %s and %s (checked in the runtime's bundle spec and the process's environment)", id, wantMount, wantEnv)
+	if _, errOut, code := s.exec(t, id, "/bin/touch", demoDest+"/x"); code == 0 || !strings.Contains(errOut, "Read-only file system") {
+		t.Errorf("in the matching container: touch %s/x exited %d with %q; want a failure with \"Read-only file system\"", demoDest, code, errOut)
+	}
+	t.Logf("container %s: mount %s (read-only in the container) and %s (checked in the runtime's bundle spec and the process's environment)", id, wantMount, wantEnv)
 	t.Logf("CRI ExecSync in container %s: %s/spiffeclient x509 (go-spiffe's workloadapi.FetchX509Context)", id, clientDest)
 	o, errOut, code := e.fetch(t, id)
 	if code != 0 {
