@@ -104,3 +104,78 @@ func median(ds []time.Duration) time.Duration {
 	slices.Sort(s)
 	return s[len(s)/2]
 }
+
+// BenchmarkIdentityCreateOnRealRuntime times pod plus container creation
+// on the real runtime with the agent's identity plugin (through the
+// gateway, giving every container the Workload API mount and variable, as
+// the pods match the demo's entry) against no NRI plugin at all (gateway
+// and agent stopped), alternating round by round. Reported: medians in ms
+// and the ratios identity/none for the whole creation ("total") and for the
+// CreateContainer call alone ("create").
+func BenchmarkIdentityCreateOnRealRuntime(b *testing.B) {
+	e := newIdentityEnv(b, nil)
+	s := e.s
+	// Three creations per setup and round keep it under a minute at
+	// make e2e's -benchtime 3x; -count gives more rounds.
+	const perRound = 3
+	setups := []string{"identity", "none"}
+	total := map[string][]time.Duration{}
+	create := map[string][]time.Duration{}
+	running := true // the gateway and the agent
+	seq := 0
+	for i := 0; b.Loop(); i++ {
+		for j := range setups {
+			setup := setups[(i+j)%len(setups)]
+			switch {
+			case setup == "none" && running:
+				e.agent.stop()
+				e.gw.stop()
+				running = false
+			case setup == "identity" && !running:
+				e.gw.start(b)
+				e.startAgent(b)
+				running = true
+			}
+			var pods []*pod
+			for k := range perRound + 1 {
+				seq++
+				t0 := time.Now()
+				p, err := s.startPodIn(fmt.Sprintf("bench-id-%s-%d", setup, seq), demoNS, map[string]string{"app": "web"})
+				if err != nil {
+					b.Fatalf("%s: RunPodSandbox: %v", setup, err)
+				}
+				pods = append(pods, p)
+				t1 := time.Now()
+				id, err := s.createContainer(p, "app")
+				if err != nil {
+					b.Fatalf("%s: CreateContainer: %v", setup, err)
+				}
+				t2 := time.Now()
+				if err := s.startContainer(id); err != nil {
+					b.Fatalf("%s: StartContainer: %v", setup, err)
+				}
+				t3 := time.Now()
+				if k == 0 {
+					// The first creation after a setup change is a warm-up,
+					// and the check that the setup is what it says.
+					if got, want := len(identityMounts(b, s, id)), map[string]int{"identity": 1, "none": 0}[setup]; got != want {
+						b.Fatalf("%s: the container has %d Workload API mounts, want %d", setup, got, want)
+					}
+					continue
+				}
+				total[setup] = append(total[setup], t3.Sub(t0))
+				create[setup] = append(create[setup], t2.Sub(t1))
+			}
+			for _, p := range pods {
+				s.removePod(p)
+			}
+		}
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	for _, setup := range setups {
+		b.ReportMetric(ms(median(total[setup])), setup+"-total-ms")
+		b.ReportMetric(ms(median(create[setup])), setup+"-create-ms")
+	}
+	b.ReportMetric(float64(median(total["identity"]))/float64(median(total["none"])), "identity/none-total")
+	b.ReportMetric(float64(median(create["identity"]))/float64(median(create["none"])), "identity/none-create")
+}

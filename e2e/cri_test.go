@@ -30,7 +30,7 @@ type pod struct {
 }
 
 // ref is the pod as the gateway's audit records name it.
-func (p *pod) ref() string { return podNamespace + "/" + p.name }
+func (p *pod) ref() string { return p.cfg.Metadata.Namespace + "/" + p.name }
 
 var unsafeChars = regexp.MustCompile(`[^a-z0-9-]+`)
 
@@ -54,7 +54,13 @@ func ctx(t testing.TB, d time.Duration) context.Context {
 // and removes it.
 func (s *suite) runPod(t testing.TB, name string) *pod {
 	t.Helper()
-	p, err := s.startPod(name)
+	return s.runPodIn(t, name, podNamespace, nil)
+}
+
+// runPodIn is runPod in namespace ns, with these pod labels.
+func (s *suite) runPodIn(t testing.TB, name, ns string, labels map[string]string) *pod {
+	t.Helper()
+	p, err := s.startPodIn(name, ns, labels)
 	if err != nil {
 		t.Fatalf("RunPodSandbox %s: %v", name, err)
 	}
@@ -63,12 +69,17 @@ func (s *suite) runPod(t testing.TB, name string) *pod {
 }
 
 func (s *suite) startPod(name string) (*pod, error) {
+	return s.startPodIn(name, podNamespace, nil)
+}
+
+func (s *suite) startPodIn(name, ns string, labels map[string]string) (*pod, error) {
 	logDir := filepath.Join(s.dir, "logs", name)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, err
 	}
 	cfg := &cri.PodSandboxConfig{
-		Metadata:     &cri.PodSandboxMetadata{Name: name, Namespace: podNamespace, Uid: name + "-uid"},
+		Metadata:     &cri.PodSandboxMetadata{Name: name, Namespace: ns, Uid: name + "-uid"},
+		Labels:       labels,
 		LogDirectory: logDir,
 		Linux: &cri.LinuxPodSandboxConfig{
 			CgroupParent: "/trustgate-e2e",
@@ -113,9 +124,15 @@ func containerConfig(name string) *cri.ContainerConfig {
 // createContainer asks CRI to create a container in p; the error is the
 // runtime's, for tests that expect a refusal.
 func (s *suite) createContainer(p *pod, name string) (string, error) {
+	return s.createContainerConfig(p, containerConfig(name))
+}
+
+// createContainerConfig is createContainer with a configuration of the
+// test's.
+func (s *suite) createContainerConfig(p *pod, cfg *cri.ContainerConfig) (string, error) {
 	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	r, err := s.rt.CreateContainer(c, &cri.CreateContainerRequest{PodSandboxId: p.id, Config: containerConfig(name), SandboxConfig: p.cfg})
+	r, err := s.rt.CreateContainer(c, &cri.CreateContainerRequest{PodSandboxId: p.id, Config: cfg, SandboxConfig: p.cfg})
 	if err != nil {
 		return "", err
 	}

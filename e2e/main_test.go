@@ -26,6 +26,7 @@ type suite struct {
 	dir       string // everything the suite creates on disk
 	trustgate string // the built trustgate binary
 	plugin    string // the built test plugin
+	client    string // the go-spiffe client, built static, alone in its directory
 	ctrdDir   string
 	criSock   string
 	nriSock   string
@@ -120,11 +121,18 @@ func setup() (*suite, error) {
 	s := &suite{dir: dir, ctrdDir: filepath.Join(dir, "ctrd"), gateways: map[string]*gateway{}}
 	s.trustgate = filepath.Join(dir, "trustgate")
 	s.plugin = filepath.Join(dir, "testplugin")
+	s.client = filepath.Join(dir, "client", "spiffeclient")
 	for out, pkg := range map[string]string{
 		s.trustgate: "github.com/trustgate/trustgate/cmd/trustgate",
 		s.plugin:    "github.com/trustgate/trustgate/e2e/internal/testplugin",
+		s.client:    "github.com/trustgate/trustgate/e2e/internal/spiffeclient",
 	} {
-		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		if out == s.client {
+			// Static: it runs in the suite's busybox containers.
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		}
+		if b, err := cmd.CombinedOutput(); err != nil {
 			return s, fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
 		}
 	}

@@ -105,6 +105,25 @@ validate_upstream = true
 require_authentication = true
 %s
 %s`, s.nriSock, g.socket, filepath.Join(dir, "state"), extra, roles)
+	return s.runGateway(t, g, cfg)
+}
+
+// startGatewayFile runs the gateway on a whole configuration of the
+// test's, whose plugin socket is socket.
+func (s *suite) startGatewayFile(t testing.TB, cfg, socket string) *gateway {
+	t.Helper()
+	dir, err := os.MkdirTemp(s.dir, "gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gateway{s: s, socket: socket, cfgPath: filepath.Join(dir, "gateway.toml"), logPath: filepath.Join(dir, "gateway.log")}
+	return s.runGateway(t, g, cfg)
+}
+
+// runGateway writes cfg to g's configuration file and runs the gateway
+// until the test ends.
+func (s *suite) runGateway(t testing.TB, g *gateway, cfg string) *gateway {
+	t.Helper()
 	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

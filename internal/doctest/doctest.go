@@ -1,5 +1,6 @@
 // Package doctest finds the fenced code blocks of the project's Markdown
-// documents and the marker that says how the tests check each one.
+// documents (README.md, docs/*.md, examples/*/README.md) and the marker
+// that says how the tests check each one.
 //
 // Every fenced block must be preceded, on the line directly above its
 // opening fence, by an HTML comment
@@ -28,7 +29,8 @@
 //     the named inputs of the same document: each attribute INPUT=allow,
 //     INPUT=deny or INPUT=grant:a,b states the expected decision;
 //     save=FILE writes the policy into the directory the run blocks use.
-//   - file: the block is the content of the repository file path=, verbatim.
+//   - file: the block is the content of the repository file path=, verbatim;
+//     with type= (and validate=true) it is also checked as a config block.
 //   - skip: checked by nothing; reason= says why.
 package doctest
 

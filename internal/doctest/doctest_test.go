@@ -42,14 +42,19 @@ var langs = map[string][]string{
 	"rego":   {"rego"},
 }
 
-// documents are README.md and every Markdown file under docs/.
+// documents are README.md, every Markdown file under docs/, and the
+// examples' READMEs.
 func documents(t *testing.T) []string {
 	t.Helper()
 	docs, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return append([]string{filepath.Join(root, "README.md")}, docs...)
+	examples, err := filepath.Glob(filepath.Join(root, "examples", "*", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(append([]string{filepath.Join(root, "README.md")}, docs...), examples...)
 }
 
 func TestDocs(t *testing.T) {
@@ -106,6 +111,9 @@ func checkDocument(t *testing.T, blocks []Block) {
 			}
 		case "file":
 			checkFile(t, b)
+			if b.Attrs["type"] != "" {
+				checkConfig(t, b)
+			}
 		case "run":
 			runs = append(runs, b)
 		}

@@ -38,6 +38,7 @@ import (
 	"sync"
 
 	"github.com/containerd/nri/pkg/api"
+	"golang.org/x/sys/unix"
 
 	"github.com/trustgate/trustgate/agent/attestor"
 )
@@ -132,7 +133,7 @@ func (a *Attestor) lookupLocked(p string) *container {
 
 // procCgroups reads the cgroup paths of pid.
 func (a *Attestor) procCgroups(pid int32) ([]string, error) {
-	b, err := os.ReadFile(filepath.Join(a.proc, strconv.Itoa(int(pid)), "cgroup"))
+	b, err := readProc(filepath.Join(a.proc, strconv.Itoa(int(pid)), "cgroup"))
 	if err != nil {
 		return nil, fmt.Errorf("nri attestor: read cgroup of pid %d: %w", pid, err)
 	}
@@ -141,6 +142,33 @@ func (a *Attestor) procCgroups(pid int32) ([]string, error) {
 		return nil, fmt.Errorf("nri attestor: pid %d: %w", pid, err)
 	}
 	return paths, nil
+}
+
+// readProc reads a small procfs file with plain system calls: procfs
+// reports no size to stat, and its files gain nothing from the runtime's
+// poller, which os.ReadFile would register them with.
+func readProc(name string) ([]byte, error) {
+	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 0, 1024)
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, cap(buf))
+		}
+		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return nil, &os.PathError{Op: "read", Path: name, Err: err}
+		case n == 0:
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
 }
 
 // newContainer builds the index entry of a container: its selectors and
