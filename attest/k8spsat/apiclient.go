@@ -153,7 +153,7 @@ type (
 		APIVersion string            `json:"apiVersion"`
 		Kind       string            `json:"kind"`
 		Spec       tokenReviewSpec   `json:"spec"`
-		Status     tokenReviewStatus `json:"status"`
+		Status     tokenReviewStatus `json:"status,omitzero"`
 	}
 	tokenReviewSpec struct {
 		Token     string   `json:"token"`
