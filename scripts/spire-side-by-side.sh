@@ -10,11 +10,23 @@
 # (it lists no versions, so `go install ...@v1.13.3` is refused): `go get
 # -tool` in a scratch module, then `go install` from it.
 #
+# Memory: wlbench -pid reads each agent's VmRSS and its anonymous and
+# file-backed parts (RssAnon, RssFile: the binary's code and read-only
+# data pages that the process has mapped) idle after the first SVID, after
+# the latency load, and with ENTRIES more entries (default 1000; 0 skips)
+# once the workload's stream holds all their SVIDs. Both agents run from a
+# fresh copy of their binary in WORKDIR, so that their file-backed pages
+# have the same page-cache history: pages of a file that the linker has
+# just written are mapped in larger blocks than those of a copied or
+# cold file, which inflated trustgate's RSS by about 6 MB when it ran from
+# its fresh build and SPIRE's from an installed binary.
+#
 # Usage: scripts/spire-side-by-side.sh [WORKDIR]   (default /tmp/spire-side-by-side)
 # SKIP_SPIRE=1 runs and measures trustgate's agent only.
 set -euo pipefail
 
 SPIRE_VERSION=v1.13.3
+entries=${ENTRIES:-1000}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/spire-side-by-side}
 gobin=$(go env GOPATH)/bin
@@ -34,7 +46,10 @@ if [ -z "${SKIP_SPIRE:-}" ] && ! "$gobin/spire-agent" --version 2>&1 | grep -q "
 fi
 
 # --- builds -------------------------------------------------------------
-(cd "$repo" && go build -o "$work/trustgate" ./cmd/trustgate && go build -o "$work/wlbench" ./bench/wlbench)
+(cd "$repo" && go build -o "$work/trustgate.build" ./cmd/trustgate && go build -o "$work/wlbench" ./bench/wlbench)
+rm -f "$work/trustgate" "$work/spire-agent"
+cp "$work/trustgate.build" "$work/trustgate"
+[ -n "${SKIP_SPIRE:-}" ] || cp "$gobin/spire-agent" "$work/spire-agent"
 tg="$work/trustgate"
 uid=$(id -u)
 
@@ -83,7 +98,7 @@ until "$gobin/spire-server" healthcheck -socketPath "$sd/server.sock" >/dev/null
 "$gobin/spire-server" entry create -socketPath "$sd/server.sock" -parentID spiffe://example.org/spire-agent \
 	-spiffeID spiffe://example.org/workload -selector "unix:uid:$uid" >/dev/null
 tok=$("$gobin/spire-server" token generate -socketPath "$sd/server.sock" -spiffeID spiffe://example.org/spire-agent | awk '{print $2}')
-"$gobin/spire-agent" run -config "$sd/agent.conf" -joinToken "$tok" >"$sd/agent.log" 2>&1 & pids+=($!)
+"$work/spire-agent" run -config "$sd/agent.conf" -joinToken "$tok" >"$sd/agent.log" 2>&1 & pids+=($!)
 spire_agent_pid=$!
 
 fi
@@ -119,17 +134,37 @@ agent_id="spiffe://example.org/spire/agent/join_token/$(cat "$td/join-token")"
 tg_agent_pid=$!
 
 # --- measure --------------------------------------------------------------
-rss() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
-wait_for "$td/agent.sock" 60
-"$work/wlbench" -socket "$td/agent.sock" >"$work/trustgate.tsv"
-printf 'agent_rss_mb\t%s\n' "$(rss $tg_agent_pid)" >>"$work/trustgate.tsv"
+# more_entries AGENT: ENTRIES entries for the workload under AGENT's ID.
+more_entries() {
+	if [ "$1" = spire ]; then
+		seq "$entries" | awk -v uid="$uid" 'BEGIN { printf "{\"entries\": [" }
+			{ printf "%s{\"spiffe_id\": \"spiffe://example.org/w/%d\", \"parent_id\": \"spiffe://example.org/spire-agent\", \"selectors\": [{\"type\": \"unix\", \"value\": \"uid:%d\"}]}", (NR > 1 ? "," : ""), $1, uid }
+			END { print "]}" }' >"$sd/entries.json"
+		"$gobin/spire-server" entry create -socketPath "$sd/server.sock" -data "$sd/entries.json" >/dev/null
+	else
+		seq "$entries" | xargs -P 4 -I{} "$tg" entry create --socket "$td/admin.sock" --parentID "$agent_id" \
+			--spiffeID "spiffe://example.org/w/{}" --selector "unix:uid:$uid" >/dev/null
+	fi
+}
+# measure NAME SOCKET PID: latency and memory, then memory with more entries.
+measure() {
+	wait_for "$2" 60
+	"$work/wlbench" -socket "$2" -pid "$3" >"$work/$1.tsv"
+	if [ "$entries" -gt 0 ]; then
+		more_entries "$1"
+		# Memory only: the time is not comparable here (SPIRE's entries
+		# come in one batch call, trustgate's from one CLI run each);
+		# BenchmarkAgentThousandEntries measures trustgate's.
+		"$work/wlbench" -socket "$2" -pid "$3" -svids $((entries + 1)) -wait 300s |
+			sed -n 's/^svids_[0-9]*_\(.*_mb\)/entries_\1/p' >>"$work/$1.tsv"
+	fi
+}
+measure trustgate "$td/agent.sock" "$tg_agent_pid"
 if [ -n "${SKIP_SPIRE:-}" ]; then
 	cat "$work/trustgate.tsv"
 	exit 0
 fi
-wait_for "$sd/agent.sock" 60
-"$work/wlbench" -socket "$sd/agent.sock" >"$work/spire.tsv"
-printf 'agent_rss_mb\t%s\n' "$(rss $spire_agent_pid)" >>"$work/spire.tsv"
+measure spire "$sd/agent.sock" "$spire_agent_pid"
 
 printf '%-16s %12s %12s %8s\n' metric spire trustgate ratio
 join -t $'\t' <(sort "$work/spire.tsv") <(sort "$work/trustgate.tsv") |

@@ -90,9 +90,9 @@ type Identity struct {
 	Entry Entry
 	// ID is the entry's parsed SPIFFE ID.
 	ID spiffeid.ID
-	// Chain is the SVID chain, leaf first.
-	Chain []*x509.Certificate
-	// ChainDER is the concatenated DER of Chain.
+	// ChainDER is the concatenated DER of the SVID chain, leaf first. The
+	// parsed certificates are not kept: with 1,001 entries they were half
+	// of the agent's live heap (7.6 of 14.7 MB).
 	ChainDER []byte
 	// KeyDER is the PKCS#8 DER of the SVID's private key.
 	KeyDER []byte

@@ -205,7 +205,7 @@ func newIdentity(p pendingSign, chain []*x509.Certificate, now time.Time) (*Iden
 		start = leaf.NotBefore
 	}
 	return &Identity{
-		Entry: p.ce.e, ID: id, Chain: chain, ChainDER: der, KeyDER: keyDER,
+		Entry: p.ce.e, ID: id, ChainDER: der, KeyDER: keyDER,
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
 		renewAt: start.Add(leaf.NotAfter.Sub(start) / 2),
 	}, nil

@@ -12,9 +12,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/trustgate/trustgate/config"
 )
@@ -23,11 +20,6 @@ import (
 const (
 	// DefaultAPITimeout bounds every Kubernetes API or JWKS request.
 	DefaultAPITimeout = 10 * time.Second
-	// apiQPS and apiBurst replace client-go's client-side limit of 5
-	// requests per second, far too low for a broker; the API server's own
-	// priority and fairness still applies.
-	apiQPS   = 100
-	apiBurst = 200
 )
 
 // DefaultAudience is SPIRE's default token audience.
@@ -63,7 +55,7 @@ type ClusterConfig struct {
 	// means the system roots.
 	APIServerCAFile string `toml:"api_server_ca_file"`
 	// BearerTokenFile holds the token the broker authenticates to the API
-	// server with. It is re-read periodically, so rotated tokens work.
+	// server with. It is read for every request, so rotated tokens work.
 	BearerTokenFile string `toml:"bearer_token_file"`
 	// AllowedNodeLabelKeys are node label keys turned into
 	// agent_node_label selectors.
@@ -111,8 +103,8 @@ type cluster struct {
 	name          string
 	allowed       map[string]bool
 	audience      []string
-	client        kubernetes.Interface // nil in offline mode
-	offline       *offlineVerifier     // nil in TokenReview mode
+	client        *apiClient       // nil in offline mode
+	offline       *offlineVerifier // nil in TokenReview mode
 	nodeLabelKeys map[string]bool
 	podLabelKeys  map[string]bool
 	usePodUID     bool
@@ -230,25 +222,20 @@ func (cc ClusterConfig) buildOffline(cl *cluster, at string, p *config.Problems)
 }
 
 func (cc ClusterConfig) buildClient(cl *cluster, at string, p *config.Problems) {
-	var rc *rest.Config
 	switch {
 	case cc.KubeConfigFile != "" && cc.APIServerURL != "":
 		p.Addf("%s: set one of kube_config_file or api_server_url, not both", at)
-		return
 	case cc.KubeConfigFile != "":
 		if cc.APIServerCAFile != "" || cc.BearerTokenFile != "" {
 			p.Addf("%s: api_server_ca_file and bearer_token_file go with api_server_url; the kubeconfig file carries its own", at)
 		}
-		kc, err := clientcmd.LoadFromFile(cc.KubeConfigFile)
+		client, err := kubeConfigClient(cc.KubeConfigFile)
 		if err != nil {
 			p.Addf("%s: kube_config_file: %v", at, err)
 			return
 		}
-		rc, err = clientcmd.NewNonInteractiveClientConfig(*kc, kc.CurrentContext, &clientcmd.ConfigOverrides{}, nil).ClientConfig()
-		if err != nil {
-			p.Addf("%s: kube_config_file %s: %v", at, cc.KubeConfigFile, err)
-			return
-		}
+		client.http.Timeout = cl.timeout
+		cl.client = client
 	case cc.APIServerURL != "":
 		u, err := url.Parse(cc.APIServerURL)
 		if err != nil || u.Scheme != "https" || u.Host == "" {
@@ -263,27 +250,23 @@ func (cc ClusterConfig) buildClient(cl *cluster, at string, p *config.Problems) 
 			p.Addf("%s: bearer_token_file: %v", at, err)
 			return
 		}
-		rc = &rest.Config{Host: cc.APIServerURL, BearerTokenFile: cc.BearerTokenFile}
+		conf := &tls.Config{MinVersion: tls.VersionTLS12}
 		if cc.APIServerCAFile != "" {
-			if _, err := loadPool(cc.APIServerCAFile); err != nil {
+			if conf.RootCAs, err = loadPool(cc.APIServerCAFile); err != nil {
 				p.Addf("%s: api_server_ca_file: %v", at, err)
 				return
 			}
-			rc.CAFile = cc.APIServerCAFile
 		}
+		client, err := newAPIClient(cc.APIServerURL, conf, tokenFile(cc.BearerTokenFile))
+		if err != nil {
+			p.Addf("%s: %v", at, err)
+			return
+		}
+		client.http.Timeout = cl.timeout
+		cl.client = client
 	default:
 		p.Addf("%s: set kube_config_file (or api_server_url and bearer_token_file) so tokens can be reviewed, or add an [offline] table", at)
-		return
 	}
-	rc.Timeout = cl.timeout
-	rc.QPS, rc.Burst = apiQPS, apiBurst
-	rc.UserAgent = "trustgate-k8s_psat"
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		p.Addf("%s: Kubernetes client: %v", at, err)
-		return
-	}
-	cl.client = client
 }
 
 // httpsClient returns a client that trusts caFile (or the system roots)

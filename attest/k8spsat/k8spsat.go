@@ -27,10 +27,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	authnv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/trustgate/trustgate/attest"
 	"github.com/trustgate/trustgate/store"
@@ -163,47 +159,42 @@ func (a *Attestor) attestOnline(ctx context.Context, cl *cluster, token string) 
 		return attest.Result{}, err
 	}
 
-	pod, err := get(ctx, cl, "pod "+ag.namespace+"/"+ag.podName, func(ctx context.Context) (*corev1.Pod, error) {
-		return cl.client.CoreV1().Pods(ag.namespace).Get(ctx, ag.podName, metav1.GetOptions{})
+	pod, err := get(ctx, cl, "pod "+ag.namespace+"/"+ag.podName, func(ctx context.Context) (*podObject, error) {
+		return cl.client.getPod(ctx, ag.namespace, ag.podName)
 	})
 	if err != nil {
 		return attest.Result{}, err
 	}
-	if string(pod.UID) != ag.podUID {
-		return attest.Result{}, reject("pod %s/%s has UID %q but the token is bound to pod UID %q", ag.namespace, ag.podName, pod.UID, ag.podUID)
+	if pod.Metadata.UID != ag.podUID {
+		return attest.Result{}, reject("pod %s/%s has UID %q but the token is bound to pod UID %q", ag.namespace, ag.podName, pod.Metadata.UID, ag.podUID)
 	}
 	ag.nodeName = pod.Spec.NodeName
 	if ag.nodeName == "" {
 		return attest.Result{}, reject("pod %s/%s is not scheduled on a node", ag.namespace, ag.podName)
 	}
-	node, err := get(ctx, cl, "node "+ag.nodeName, func(ctx context.Context) (*corev1.Node, error) {
-		return cl.client.CoreV1().Nodes().Get(ctx, ag.nodeName, metav1.GetOptions{})
+	node, err := get(ctx, cl, "node "+ag.nodeName, func(ctx context.Context) (*nodeObject, error) {
+		return cl.client.getNode(ctx, ag.nodeName)
 	})
 	if err != nil {
 		return attest.Result{}, err
 	}
-	ag.nodeUID = string(node.UID)
+	ag.nodeUID = node.Metadata.UID
 	if ag.nodeUID == "" {
 		return attest.Result{}, fmt.Errorf("k8s_psat: cluster %q: node %q has no UID in the API server's answer", cl.name, ag.nodeName)
 	}
 	ag.nodeIP = pod.Status.HostIP
-	ag.podLabels, ag.nodeLabels = pod.Labels, node.Labels
+	ag.podLabels, ag.nodeLabels = pod.Metadata.Labels, node.Metadata.Labels
 	return a.result(cl, ag)
 }
 
 // review asks the API server whether token is valid for the cluster's
 // audience.
-func (a *Attestor) review(ctx context.Context, cl *cluster, token string) (authnv1.TokenReviewStatus, error) {
+func (a *Attestor) review(ctx context.Context, cl *cluster, token string) (tokenReviewStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
 	defer cancel()
-	tr, err := cl.client.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
-		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: cl.audience},
-	}, metav1.CreateOptions{})
+	tr, err := cl.client.createTokenReview(ctx, token, cl.audience)
 	if err != nil {
-		return authnv1.TokenReviewStatus{}, fmt.Errorf("k8s_psat: cluster %q: TokenReview: %w", cl.name, err)
-	}
-	if tr == nil {
-		return authnv1.TokenReviewStatus{}, fmt.Errorf("k8s_psat: cluster %q: TokenReview returned nothing", cl.name)
+		return tokenReviewStatus{}, fmt.Errorf("k8s_psat: cluster %q: TokenReview: %w", cl.name, err)
 	}
 	st := tr.Status
 	// An invalid token comes back unauthenticated, usually with an error
@@ -233,7 +224,7 @@ func get[T any](ctx context.Context, cl *cluster, what string, f func(context.Co
 	defer cancel()
 	v, err := f(ctx)
 	switch {
-	case apierrors.IsNotFound(err):
+	case isNotFound(err):
 		return nil, reject("cluster %q: %s not found", cl.name, what)
 	case err != nil:
 		return nil, fmt.Errorf("k8s_psat: cluster %q: get %s: %w", cl.name, what, err)
@@ -343,7 +334,7 @@ func serviceAccount(username string) (namespace, name string, err error) {
 }
 
 // singleExtra returns the one value of a TokenReview user extra.
-func singleExtra(extra map[string]authnv1.ExtraValue, key string) (string, error) {
+func singleExtra(extra map[string][]string, key string) (string, error) {
 	v := extra[key]
 	if len(v) != 1 || v[0] == "" {
 		return "", reject("token review has %d values for %s, want one non-empty value (is the token a projected, pod-bound token?)", len(v), key)

@@ -125,8 +125,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *fakeAPI) tokenReview(w http.ResponseWriter, r *http.Request) {
-	// client-go may send protobuf or JSON; decode either as the API server
-	// would.
+	// Decode with the Kubernetes API machinery, as the API server would.
 	var tr authnv1.TokenReview
 	body, err := io.ReadAll(r.Body)
 	if err == nil {
