@@ -75,7 +75,7 @@ func (c *Config) validateTLS(p *config.Problems) {
 			p.Addf("tls.reload_interval = %q: want a positive duration such as \"10s\"", t.ReloadInterval)
 		}
 	case TLSModeOff:
-		if !c.InsecureHTTP && !loopbackListen(c.Listen) {
+		if !c.InsecureHTTP && !LoopbackListen(c.Listen) {
 			p.Addf("listen = %q with tls.mode = \"off\" would serve cleartext HTTP beyond this host: set tls.mode = \"ca\" (a certificate from the broker's own CA) or \"files\" (tls.cert_file and tls.key_file), listen on 127.0.0.1, or set insecure_http = true if a TLS proxy in front of the broker terminates HTTPS", c.Listen)
 		}
 	default:
@@ -86,10 +86,10 @@ func (c *Config) validateTLS(p *config.Problems) {
 	}
 }
 
-// loopbackListen reports whether a listen address only reaches this host:
+// LoopbackListen reports whether a listen address only reaches this host:
 // a loopback IP or "localhost". An empty host or 0.0.0.0 listens on every
 // interface.
-func loopbackListen(listen string) bool {
+func LoopbackListen(listen string) bool {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
 		return false

@@ -148,9 +148,10 @@ func (d *daemon) waitRecord(t testing.TB, what string, timeout time.Duration, pr
 }
 
 // identityEnv is the NRI identity loop on the suite's containerd, set up
-// from the configuration files of examples/nri-identity: a broker, the NRI
-// gateway with the workload-identity role, and an agent joined with a join
-// token whose NRI plugin dials the gateway with its own key.
+// as examples/nri-identity does: a broker (`trustgate server --dev`), the
+// NRI gateway with the workload-identity role, and an agent joined with a
+// join token whose NRI plugin dials the gateway with its own key, from the
+// example's configuration files.
 type identityEnv struct {
 	s         *suite
 	dir       string // replaces demoBase
@@ -208,10 +209,16 @@ func newIdentityEnv(t testing.TB, step func(format string, args ...any)) *identi
 		return path
 	}
 
-	brokerCfg := cfg("broker.toml")
-	e.cli(t, "server", "--create-seal-key", "--config", brokerCfg)
-	step("broker: trustgate server --config %s", brokerCfg)
-	e.broker = s.startDaemon(t, "broker", filepath.Join(dir, "broker.log"), "server", "--config", brokerCfg)
+	// The broker is `trustgate server --dev` with its files in dir: the
+	// admin socket and the bundle are where agent.toml and the admin
+	// commands expect them, and node agents reach it over HTTPS at api.
+	brokerArgs := []string{"server", "--dev", "--dev-dir", dir, "--listen", freeAddr(t), "--dev-agent-listen", api}
+	step("broker: trustgate %s", strings.Join(brokerArgs, " "))
+	e.broker = s.startDaemon(t, "broker", filepath.Join(dir, "broker.log"), brokerArgs...)
+	r := e.broker.waitRecord(t, "\"broker listening for agents\"", 30*time.Second, func(r record) bool { return r.str("msg") == "broker listening for agents" })
+	if got := r.str("addr"); got != "https://"+api {
+		t.Fatalf("the dev broker serves agents at %s, want https://%s", got, api)
+	}
 	e.broker.waitRecord(t, "\"broker listening\"", 30*time.Second, func(r record) bool { return r.str("msg") == "broker listening" })
 
 	gwCfg := cfg("gateway.toml")

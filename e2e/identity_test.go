@@ -13,9 +13,9 @@ import (
 
 // TestIdentityDemo is the NRI identity loop of issue 14, from the agent's
 // key to a workload's certificate, as examples/nri-identity/run.sh shows
-// it: a broker, the NRI gateway with the workload-identity role and an
-// agent joined with a join token, configured by the files in
-// examples/nri-identity; an entry for k8s:ns:demo and
+// it: a broker (`trustgate server --dev`), the NRI gateway with the
+// workload-identity role and an agent joined with a join token, configured
+// by the files in examples/nri-identity; an entry for k8s:ns:demo and
 // k8s:pod-label:app:web. A container of a matching pod gets the socket
 // mount and SPIFFE_ENDPOINT_SOCKET, and a go-spiffe client in it fetches
 // the entry's X.509-SVID, which verifies against the broker's bundle. The

@@ -245,7 +245,7 @@ func TestServerFailsFastWithTheFix(t *testing.T) {
 // --dev removes its temporary directory on exit, unless --dev-keep.
 func TestDevRemovesItsDirectory(t *testing.T) {
 	for _, keep := range []bool{false, true} {
-		args := []string{"server", "--dev", "--listen", "127.0.0.1:0"}
+		args := []string{"server", "--dev", "--listen", "127.0.0.1:0", "--dev-agent-listen", "127.0.0.1:0"}
 		if keep {
 			args = append(args, "--dev-keep")
 		}

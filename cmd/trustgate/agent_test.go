@@ -24,15 +24,19 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/trustgate/trustgate/internal/syncbuf"
 )
 
-// agentProc is a trustgate process whose JSON log records are kept.
+// agentProc is a trustgate process whose JSON log records and standard
+// output are kept.
 type agentProc struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs bytes.Buffer
-	recs []map[string]any
-	done chan struct{}
+	cmd    *exec.Cmd
+	stdout syncbuf.Buffer
+	mu     sync.Mutex
+	logs   bytes.Buffer
+	recs   []map[string]any
+	done   chan struct{}
 }
 
 func (p *agentProc) log() string {
@@ -89,11 +93,11 @@ func startAgentProc(t testing.TB, args ...string) *agentProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stdout = io.Discard
+	p := &agentProc{cmd: cmd, done: make(chan struct{})}
+	cmd.Stdout = &p.stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &agentProc{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)

@@ -22,7 +22,7 @@ import (
 // The --dev policy lets the sample TEE do what the docs show: nebula-ca,
 // svid, and pull and push (not delete) on the dev registry.
 func TestDevPolicyAllowsWhatTheDocsShow(t *testing.T) {
-	cmd := command("server", "--dev", "--listen", "127.0.0.1:0")
+	cmd := command("server", "--dev", "--listen", "127.0.0.1:0", "--dev-agent-listen", "127.0.0.1:0")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

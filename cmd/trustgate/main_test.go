@@ -110,7 +110,7 @@ func TestKeygen(t *testing.T) {
 // real process, checks that the address it prints answers, then sends
 // SIGTERM and expects a clean exit well within the shutdown grace.
 func TestServerDevServesAndStopsOnSIGTERM(t *testing.T) {
-	cmd := command("server", "--dev", "--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--log-format", "json")
+	cmd := command("server", "--dev", "--listen", "127.0.0.1:0", "--dev-agent-listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--log-format", "json")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

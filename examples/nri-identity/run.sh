@@ -2,8 +2,8 @@
 # The NRI identity demo, in one command, as root on one machine: installs
 # what it needs (scripts/e2e-deps.sh), then runs TestIdentityDemo of the
 # end-to-end suite, which starts a private containerd with NRI, the NRI
-# gateway, a broker and an agent joined with a join token, configured by
-# the files next to this script; registers an entry for k8s:ns:demo and
+# gateway, a broker (trustgate server --dev) and an agent joined with a
+# join token, configured by the files next to this script; registers an entry for k8s:ns:demo and
 # k8s:pod-label:app:web; creates a pod whose container fetches its
 # X.509-SVID with a go-spiffe client; and shows that a pod in another
 # namespace gets no socket and no identity. It prints each step and the

@@ -375,7 +375,7 @@ var (
 // the test ends, and reads its address and admin token from its banner.
 func startDevServer(t *testing.T, bin string) devServer {
 	t.Helper()
-	cmd := exec.Command(bin, "server", "--dev", "--listen", "127.0.0.1:0")
+	cmd := exec.Command(bin, "server", "--dev", "--listen", "127.0.0.1:0", "--dev-agent-listen", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
