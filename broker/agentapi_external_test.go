@@ -699,3 +699,62 @@ func TestAgentAPILongPollChangeBetweenReads(t *testing.T) {
 		t.Fatalf("the next poll: %d after %s: %s", st, time.Since(start), body)
 	}
 }
+
+// TestAgentAPILongPollDrain: Drain (called as the server starts shutting
+// down) answers a waiting long poll at once, and later polls do not wait,
+// so that agents' polls never hold a shutdown for its grace.
+func TestAgentAPILongPollDrain(t *testing.T) {
+	e := newAgentEnv(t)
+	a := e.attestAgent(t)
+	opts := e.h.opts
+	opts.Metrics, opts.ClientSVIDs = nil, e.ca
+	srv, err := broker.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewUnstartedServer(srv)
+	hs.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+	hs.StartTLS()
+	t.Cleanup(hs.Close)
+	own := *e
+	own.base = hs.URL
+	e.entry(t, "spiffe://example.org/web", a.svid.ID.String())
+	first, st, body := own.entries(t, a, "")
+	if st != 200 || len(first.Entries) != 1 {
+		t.Fatalf("entries: %d %s", st, body)
+	}
+	type answer struct {
+		got wire.Entries
+		st  int
+	}
+	done := make(chan answer, 1)
+	go func() {
+		var got wire.Entries
+		st, _, err := own.try(a, "GET", wire.PathEntries+fmt.Sprintf("?revision=%d&wait=30s", first.Revision), "", nil, &got)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- answer{got, st}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case r := <-done:
+		t.Fatalf("the poll ended before Drain: %+v", r)
+	default:
+	}
+	drained := time.Now()
+	srv.Drain()
+	select {
+	case r := <-done:
+		if r.st != 200 || r.got.Revision != first.Revision || len(r.got.Entries) != 1 {
+			t.Fatalf("drained poll: %d %+v", r.st, r.got)
+		}
+		t.Logf("Drain to answer: %s", time.Since(drained))
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drain left the long poll waiting")
+	}
+	start := time.Now()
+	if got, st, body := own.entries(t, a, fmt.Sprintf("?revision=%d&wait=30s", first.Revision)); st != 200 || got.Revision != first.Revision || time.Since(start) > 5*time.Second {
+		t.Fatalf("a poll after Drain: %d after %s: %s", st, time.Since(start), body)
+	}
+}

@@ -285,6 +285,15 @@ func (s *Server) mountAgentAPI(sp *svid.Plugin) error {
 	return nil
 }
 
+// Drain ends the agent API's long polls on this replica, at once and from
+// now on: call it when the server starts shutting down (serve.Options'
+// OnShutdown), so that agents' polls do not hold the shutdown for its grace.
+func (s *Server) Drain() {
+	if s.agents != nil {
+		s.agents.Drain()
+	}
+}
+
 // entriesChanged wakes the agent API's long polls on this replica.
 func (s *Server) entriesChanged() {
 	if s.agents != nil {

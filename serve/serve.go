@@ -26,6 +26,10 @@ type Options struct {
 	// ShutdownGrace bounds the graceful shutdown; connections still open
 	// after it are closed.
 	ShutdownGrace time.Duration
+	// OnShutdown, when set, is called as the graceful shutdown begins: it
+	// ends requests that would otherwise hold the shutdown for its whole
+	// grace, such as long polls.
+	OnShutdown func()
 }
 
 // DefaultOptions are the limits used when a field is zero.
@@ -54,6 +58,7 @@ func (o Options) withDefaults() Options {
 	if o.ShutdownGrace > 0 {
 		d.ShutdownGrace = o.ShutdownGrace
 	}
+	d.OnShutdown = o.OnShutdown
 	return d
 }
 
@@ -68,6 +73,9 @@ func HTTP(ctx context.Context, log *slog.Logger, name string, ln net.Listener, h
 		WriteTimeout:      opts.WriteTimeout,
 		IdleTimeout:       opts.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if opts.OnShutdown != nil {
+		srv.RegisterOnShutdown(opts.OnShutdown)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

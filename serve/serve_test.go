@@ -92,3 +92,54 @@ func TestSlowHeadersAreCut(t *testing.T) {
 		t.Fatal("server kept a stalled client open")
 	}
 }
+
+// TestHTTPOnShutdownEndsLongRequests: OnShutdown runs as the shutdown
+// begins, so a handler it releases (a long poll) lets the shutdown finish
+// cleanly, well inside the grace.
+func TestHTTPOnShutdownEndsLongRequests(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan struct{})
+	release := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release // a long poll, ended by OnShutdown
+		_, _ = io.WriteString(w, "answered")
+	})
+	done := make(chan error, 1)
+	go func() {
+		done <- HTTP(ctx, slog.New(slog.DiscardHandler), "test", ln, h,
+			Options{ShutdownGrace: 10 * time.Second, OnShutdown: func() { close(release) }})
+	}()
+	body := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + ln.Addr().String())
+		if err != nil {
+			body <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body <- string(b)
+	}()
+	<-started
+	begin := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the long request held the shutdown")
+	}
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Fatalf("shutdown took %s", d)
+	}
+	if b := <-body; b != "answered" {
+		t.Fatalf("the long request got %q, want its answer", b)
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -80,6 +81,9 @@ type API struct {
 	changes   Notifier // optional, besides local
 	log       *slog.Logger
 	now       func() time.Time
+	// drained is closed by Drain.
+	drained   chan struct{}
+	drainOnce sync.Once
 }
 
 // New returns an API serving opts.
@@ -108,7 +112,8 @@ func New(opts Options) (*API, error) {
 		return nil, fmt.Errorf("agentapi: %w", err)
 	}
 	a := &API{opts: opts, store: opts.Store, svid: opts.SVID, td: opts.TrustDomain, serverID: serverID.String(),
-		agentPath: "/spire/agent/", local: NewBroadcaster(), log: opts.Log, now: opts.Now}
+		agentPath: "/spire/agent/", local: NewBroadcaster(), log: opts.Log, now: opts.Now,
+		drained: make(chan struct{})}
 	a.changes = opts.Changes
 	return a, nil
 }
@@ -128,6 +133,12 @@ func (a *API) Register(mux *http.ServeMux, admin func(http.HandlerFunc) http.Han
 // Notify wakes the long polls waiting on this replica: the broker calls it
 // after every entry change and eviction it makes.
 func (a *API) Notify() { a.local.Notify() }
+
+// Drain answers every waiting long poll at once, and every later one
+// without waiting: the server is shutting down, and a poll held to the end
+// of its wait would hold the shutdown for its whole grace. The agents poll
+// again, on another replica or after the restart.
+func (a *API) Drain() { a.drainOnce.Do(func() { close(a.drained) }) }
 
 // isAgentID reports whether id is an agent ID of the trust domain:
 // spiffe://<td>/spire/agent/..., as SPIRE's node attestors make them.

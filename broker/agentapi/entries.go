@@ -152,6 +152,16 @@ func (a *API) snapshot(ctx context.Context, ag store.Agent) (int64, []store.Entr
 	return first, list, nil
 }
 
+// draining reports whether Drain was called.
+func (a *API) draining() bool {
+	select {
+	case <-a.drained:
+		return true
+	default:
+		return false
+	}
+}
+
 // writeSlack is the time a long poll's answer has to be computed and
 // written after its wait.
 const writeSlack = 10 * time.Second
@@ -211,7 +221,7 @@ func (a *API) serveEntries(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if rev == have && wait > 0 {
+	if rev == have && wait > 0 && !a.draining() {
 		// The server's WriteTimeout (30s by default) may be shorter than
 		// the wait: give this response the wait plus writeSlack.
 		if err := http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + writeSlack)); err != nil {
@@ -228,6 +238,8 @@ func (a *API) serveEntries(w http.ResponseWriter, r *http.Request) {
 			case <-ctx.Done():
 				return
 			case <-deadline.C:
+				break wait
+			case <-a.drained:
 				break wait
 			case <-local:
 				local = a.local.Changed()

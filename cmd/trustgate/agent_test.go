@@ -452,7 +452,12 @@ func TestAgentRenews(t *testing.T) {
 	defer client.Close()
 	w := watcher{ch: make(chan *workloadapi.X509Context, 100)}
 	go func() { _ = client.WatchX509Context(ctx, w) }()
-	first := <-w.ch
+	var first *workloadapi.X509Context
+	select {
+	case first = <-w.ch:
+	case <-ctx.Done():
+		t.Fatalf("no SVID on the stream: %s", agent.log())
+	}
 	received := time.Now()
 	leaf := first.SVIDs[0].Certificates[0]
 	// The broker backdates NotBefore: half-life counts from issuance.

@@ -152,9 +152,17 @@ func TestDevServesAgents(t *testing.T) {
 		t.Fatalf("the broker verified no client certificate of %s:\n%s", agentID, srv.log())
 	}
 
-	// --dev-dir stays after exit, and refuses to start over an earlier run.
-	agent.stop(t)
+	// The broker stops promptly while the agent holds a long poll on it:
+	// the poll is answered as the shutdown begins, not held for the
+	// shutdown's 10 s grace.
+	stopping := time.Now()
 	srv.stop(t)
+	if d := time.Since(stopping); d > 5*time.Second {
+		t.Fatalf("the broker took %s to stop with an agent connected", d)
+	}
+	agent.stop(t)
+
+	// --dev-dir stays after exit, and refuses to start over an earlier run.
 	if _, err := os.Stat(filepath.Join(devDir, "trustgate.db")); err != nil {
 		t.Fatalf("--dev-dir after exit: %v", err)
 	}

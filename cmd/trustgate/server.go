@@ -198,7 +198,7 @@ func newServerCmd(g *globalFlags) *cobra.Command {
 					fmt.Fprintf(out, "  %s is removed on exit (--dev-keep keeps it)\n", filepath.Dir(cfg.Store.Path))
 				}
 			}
-			opts := serve.Options{ShutdownGrace: cfg.ShutdownGrace.Duration}
+			opts := serve.Options{ShutdownGrace: cfg.ShutdownGrace.Duration, OnShutdown: srv.Drain}
 			grp, ctx := errgroup.WithContext(ctx)
 			grp.Go(func() error { return serve.HTTP(ctx, log, "broker", ln, srv, opts) })
 			if agentLn != nil {
