@@ -7,14 +7,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -545,19 +543,9 @@ func BenchmarkAgentX509Batch1000(b *testing.B) {
 func TestAgentAPILongPollOutlivesWriteTimeout(t *testing.T) {
 	e := newAgentEnv(t)
 	a := e.attestAgent(t)
-	opts := e.h.opts
-	opts.Metrics, opts.ClientSVIDs = nil, e.ca
-	srv, err := broker.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewUnstartedServer(srv)
-	hs.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
-	hs.Config.WriteTimeout = 300 * time.Millisecond
-	hs.StartTLS()
-	t.Cleanup(hs.Close)
+	_, base := mtlsBroker(t, e.h, e.ca, func(hs *http.Server) { hs.WriteTimeout = 300 * time.Millisecond })
 	slow := *e
-	slow.base = hs.URL
+	slow.base = base
 	first, st, body := slow.entries(t, a, "")
 	if st != 200 {
 		t.Fatalf("entries: %d %s", st, body)
@@ -706,18 +694,9 @@ func TestAgentAPILongPollChangeBetweenReads(t *testing.T) {
 func TestAgentAPILongPollDrain(t *testing.T) {
 	e := newAgentEnv(t)
 	a := e.attestAgent(t)
-	opts := e.h.opts
-	opts.Metrics, opts.ClientSVIDs = nil, e.ca
-	srv, err := broker.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewUnstartedServer(srv)
-	hs.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
-	hs.StartTLS()
-	t.Cleanup(hs.Close)
+	srv, base := mtlsBroker(t, e.h, e.ca, nil)
 	own := *e
-	own.base = hs.URL
+	own.base = base
 	e.entry(t, "spiffe://example.org/web", a.svid.ID.String())
 	first, st, body := own.entries(t, a, "")
 	if st != 200 || len(first.Entries) != 1 {

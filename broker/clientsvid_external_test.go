@@ -41,9 +41,16 @@ allow if {
 `
 
 // mtlsServer serves h's broker, with Options.ClientSVIDs set to the svid
-// plugin, over TLS that requests but does not verify client certificates:
-// the broker's own check is what is tested.
+// plugin, over TLS that requests but does not verify client certificates
+// (the broker's own check is what is tested), and returns its URL.
 func mtlsServer(t testing.TB, h *harness, ca *svid.Plugin) string {
+	_, base := mtlsBroker(t, h, ca, nil)
+	return base
+}
+
+// mtlsBroker is mtlsServer returning the broker too; configure, when set,
+// adjusts the HTTP server before it starts.
+func mtlsBroker(t testing.TB, h *harness, ca *svid.Plugin, configure func(*http.Server)) (*broker.Server, string) {
 	t.Helper()
 	opts := h.opts
 	opts.Metrics = nil
@@ -54,9 +61,12 @@ func mtlsServer(t testing.TB, h *harness, ca *svid.Plugin) string {
 	}
 	hs := httptest.NewUnstartedServer(srv)
 	hs.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+	if configure != nil {
+		configure(hs.Config)
+	}
 	hs.StartTLS()
 	t.Cleanup(hs.Close)
-	return hs.URL
+	return srv, hs.URL
 }
 
 func svidClient(s *x509svid.SVID) *http.Client {
