@@ -24,10 +24,7 @@ func BenchmarkCreateOnRealRuntime(b *testing.B) {
 	pub, key := s.newKey(b)
 	const perRound = 5
 	setups := []string{"none", "gateway", "direct"}
-	total := map[string][]time.Duration{}
-	create := map[string][]time.Duration{}
-	podStep := map[string][]time.Duration{}
-	startStep := map[string][]time.Duration{}
+	times := map[string]creations{}
 	seq := 0
 	for i := 0; b.Loop(); i++ {
 		for j := range setups {
@@ -46,29 +43,12 @@ func BenchmarkCreateOnRealRuntime(b *testing.B) {
 			var pods []*pod
 			for k := range perRound + 1 {
 				seq++
-				t0 := time.Now()
-				p, err := s.startPod(fmt.Sprintf("bench-%s-%d", setup, seq))
-				if err != nil {
-					b.Fatalf("%s: RunPodSandbox: %v", setup, err)
-				}
+				p, _, t := s.timedCreation(b, setup, func() (*pod, error) { return s.startPod(fmt.Sprintf("bench-%s-%d", setup, seq)) })
 				pods = append(pods, p)
-				t1 := time.Now()
-				id, err := s.createContainer(p, "app")
-				if err != nil {
-					b.Fatalf("%s: CreateContainer: %v", setup, err)
-				}
-				t2 := time.Now()
-				if err := s.startContainer(id); err != nil {
-					b.Fatalf("%s: StartContainer: %v", setup, err)
-				}
 				if k == 0 {
 					continue // warm-up: the first creation after a setup change is not measured
 				}
-				t3 := time.Now()
-				total[setup] = append(total[setup], t3.Sub(t0))
-				create[setup] = append(create[setup], t2.Sub(t1))
-				podStep[setup] = append(podStep[setup], t1.Sub(t0))
-				startStep[setup] = append(startStep[setup], t3.Sub(t2))
+				times[setup] = append(times[setup], t)
 			}
 			for _, f := range stop {
 				f()
@@ -78,10 +58,9 @@ func BenchmarkCreateOnRealRuntime(b *testing.B) {
 			}
 		}
 	}
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	med := map[string][2]time.Duration{}
 	for _, setup := range setups {
-		med[setup] = [2]time.Duration{median(total[setup]), median(create[setup])}
+		med[setup] = [2]time.Duration{times[setup].median(creationTimes.total), times[setup].median(creationTimes.createStep)}
 		b.ReportMetric(ms(med[setup][0]), setup+"-total-ms")
 		b.ReportMetric(ms(med[setup][1]), setup+"-create-ms")
 	}
@@ -90,10 +69,57 @@ func BenchmarkCreateOnRealRuntime(b *testing.B) {
 	b.ReportMetric(float64(med["gateway"][0])/float64(med["direct"][0]), "gw/direct-total")
 	b.ReportMetric(float64(med["gateway"][1])/float64(med["direct"][1]), "gw/direct-create")
 	for _, setup := range setups {
-		b.Logf("%-7s %d creations, medians: total %v = pod %v + create %v + start %v", setup, len(total[setup]),
-			med[setup][0].Round(time.Millisecond), median(podStep[setup]).Round(time.Millisecond),
-			med[setup][1].Round(time.Millisecond), median(startStep[setup]).Round(time.Millisecond))
+		c := times[setup]
+		b.Logf("%-7s %d creations, medians: total %v = pod %v + create %v + start %v", setup, len(c),
+			med[setup][0].Round(time.Millisecond), c.median(creationTimes.podStep).Round(time.Millisecond),
+			med[setup][1].Round(time.Millisecond), c.median(creationTimes.startStep).Round(time.Millisecond))
 	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// creationTimes are one pod and container creation's steps.
+type creationTimes struct {
+	pod, create, start time.Duration
+}
+
+func (c creationTimes) total() time.Duration      { return c.pod + c.create + c.start }
+func (c creationTimes) podStep() time.Duration    { return c.pod }
+func (c creationTimes) createStep() time.Duration { return c.create }
+func (c creationTimes) startStep() time.Duration  { return c.start }
+
+// creations are one setup's creations.
+type creations []creationTimes
+
+// median is the median of one step (or the total) over the creations.
+func (cs creations) median(step func(creationTimes) time.Duration) time.Duration {
+	ds := make([]time.Duration, len(cs))
+	for i, c := range cs {
+		ds[i] = step(c)
+	}
+	return median(ds)
+}
+
+// timedCreation runs a pod sandbox with runPod, then creates and starts a
+// container in it, timing each step; setup names the benchmark's setup in
+// failures.
+func (s *suite) timedCreation(b testing.TB, setup string, runPod func() (*pod, error)) (*pod, string, creationTimes) {
+	b.Helper()
+	t0 := time.Now()
+	p, err := runPod()
+	if err != nil {
+		b.Fatalf("%s: RunPodSandbox: %v", setup, err)
+	}
+	t1 := time.Now()
+	id, err := s.createContainer(p, "app")
+	if err != nil {
+		b.Fatalf("%s: CreateContainer: %v", setup, err)
+	}
+	t2 := time.Now()
+	if err := s.startContainer(id); err != nil {
+		b.Fatalf("%s: StartContainer: %v", setup, err)
+	}
+	return p, id, creationTimes{pod: t1.Sub(t0), create: t2.Sub(t1), start: time.Since(t2)}
 }
 
 func median(ds []time.Duration) time.Duration {
@@ -119,8 +145,7 @@ func BenchmarkIdentityCreateOnRealRuntime(b *testing.B) {
 	// make e2e's -benchtime 3x; -count gives more rounds.
 	const perRound = 3
 	setups := []string{"identity", "none"}
-	total := map[string][]time.Duration{}
-	create := map[string][]time.Duration{}
+	times := map[string]creations{}
 	running := true // the gateway and the agent
 	seq := 0
 	for i := 0; b.Loop(); i++ {
@@ -139,22 +164,10 @@ func BenchmarkIdentityCreateOnRealRuntime(b *testing.B) {
 			var pods []*pod
 			for k := range perRound + 1 {
 				seq++
-				t0 := time.Now()
-				p, err := s.startPodIn(fmt.Sprintf("bench-id-%s-%d", setup, seq), demoNS, map[string]string{"app": "web"})
-				if err != nil {
-					b.Fatalf("%s: RunPodSandbox: %v", setup, err)
-				}
+				p, id, t := s.timedCreation(b, setup, func() (*pod, error) {
+					return s.startPodIn(fmt.Sprintf("bench-id-%s-%d", setup, seq), demoNS, map[string]string{"app": "web"})
+				})
 				pods = append(pods, p)
-				t1 := time.Now()
-				id, err := s.createContainer(p, "app")
-				if err != nil {
-					b.Fatalf("%s: CreateContainer: %v", setup, err)
-				}
-				t2 := time.Now()
-				if err := s.startContainer(id); err != nil {
-					b.Fatalf("%s: StartContainer: %v", setup, err)
-				}
-				t3 := time.Now()
 				if k == 0 {
 					// The first creation after a setup change is a warm-up,
 					// and the check that the setup is what it says.
@@ -163,19 +176,20 @@ func BenchmarkIdentityCreateOnRealRuntime(b *testing.B) {
 					}
 					continue
 				}
-				total[setup] = append(total[setup], t3.Sub(t0))
-				create[setup] = append(create[setup], t2.Sub(t1))
+				times[setup] = append(times[setup], t)
 			}
 			for _, p := range pods {
 				s.removePod(p)
 			}
 		}
 	}
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	for _, setup := range setups {
-		b.ReportMetric(ms(median(total[setup])), setup+"-total-ms")
-		b.ReportMetric(ms(median(create[setup])), setup+"-create-ms")
+		b.ReportMetric(ms(times[setup].median(creationTimes.total)), setup+"-total-ms")
+		b.ReportMetric(ms(times[setup].median(creationTimes.createStep)), setup+"-create-ms")
 	}
-	b.ReportMetric(float64(median(total["identity"]))/float64(median(total["none"])), "identity/none-total")
-	b.ReportMetric(float64(median(create["identity"]))/float64(median(create["none"])), "identity/none-create")
+	ratio := func(step func(creationTimes) time.Duration) float64 {
+		return float64(times["identity"].median(step)) / float64(times["none"].median(step))
+	}
+	b.ReportMetric(ratio(creationTimes.total), "identity/none-total")
+	b.ReportMetric(ratio(creationTimes.createStep), "identity/none-create")
 }
