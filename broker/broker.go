@@ -119,6 +119,7 @@ type Server struct {
 	attestorNames []string
 	limit         *limiter // auth and attest
 	tokenLimit    *limiter // /token
+	agentLimit    *limiter // POST /agent/v1/svid
 	now           func() time.Time
 	serverID      string
 	plugins       map[string]plugin.Plugin
@@ -166,7 +167,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	s := &Server{opts: opts, store: opts.Store, log: opts.Log, mux: http.NewServeMux(),
-		attestors: map[string]attest.Attestor{}, limit: newLimiter(opts.RateLimit), tokenLimit: newLimiter(opts.RateLimit), now: opts.Now, serverID: serverID.String(),
+		attestors: map[string]attest.Attestor{}, limit: newLimiter(opts.RateLimit), tokenLimit: newLimiter(opts.RateLimit), agentLimit: newLimiter(opts.RateLimit), now: opts.Now, serverID: serverID.String(),
 		agentPrefix: opts.TrustDomain.IDString() + "/spire/agent/"}
 	for _, a := range opts.Attestors {
 		if a == nil {
@@ -276,7 +277,7 @@ func (s *Server) mountAgentAPI(sp *svid.Plugin) error {
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
-	api.Register(s.mux, s.admin)
+	api.Register(s.mux, s.admin, func(h http.HandlerFunc) http.Handler { return s.limited(s.agentLimit, h) })
 	s.agents = api
 	// Entry changes made through any replica (the store's change
 	// notifications: LISTEN/NOTIFY on PostgreSQL) wake the long polls here

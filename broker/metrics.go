@@ -43,7 +43,7 @@ func newServerMetrics(reg prometheus.Registerer, attestors []string, plugins map
 		}, []string{"route"}),
 		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "trustgate", Subsystem: "broker", Name: "rate_limited_total",
-			Help: "Requests refused with 429, by route group (rcar: auth and attest; token: /token) and limit (client or global).",
+			Help: "Requests refused with 429, by route group (rcar: auth and attest; token: /token; agent: POST /agent/v1/svid) and limit (client or global).",
 		}, []string{"group", "limit"}),
 		attestors: map[string]bool{},
 		plugins:   plugins,
@@ -54,7 +54,7 @@ func newServerMetrics(reg prometheus.Registerer, attestors []string, plugins map
 			m.attestations.WithLabelValues(a, r)
 		}
 	}
-	for _, g := range []string{"rcar", "token"} {
+	for _, g := range []string{"rcar", "token", "agent"} {
 		for _, l := range []string{"client", "global"} {
 			m.rateLimited.WithLabelValues(g, l)
 		}
@@ -132,8 +132,11 @@ func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter 
 
 // limitGroup names a limiter for the rate_limited_total metric.
 func (s *Server) limitGroup(l *limiter) string {
-	if l == s.tokenLimit {
+	switch l {
+	case s.tokenLimit:
 		return "token"
+	case s.agentLimit:
+		return "agent"
 	}
 	return "rcar"
 }

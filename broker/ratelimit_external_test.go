@@ -63,3 +63,22 @@ func TestTokenEndpointIsRateLimited(t *testing.T) {
 		t.Fatalf("request past the burst: status %d, want 429", c)
 	}
 }
+
+// TestAgentSVIDEndpointIsRateLimited: POST /agent/v1/svid, where an
+// attestation token (or an agent SVID) gets a signature per request, has a
+// per-client limit of its own, counted before the caller is checked; the
+// attestation routes keep their own buckets.
+func TestAgentSVIDEndpointIsRateLimited(t *testing.T) {
+	e := newAgentEnvOpts(t, harnessOpts{rate: broker.RateLimit{PerSecond: 1, Burst: 2, MaxClients: 100}})
+	for i := range 2 {
+		if c := post(e.h, http.MethodPost, "/agent/v1/svid", "198.51.100.9:1"); c == http.StatusTooManyRequests || c == http.StatusNotFound {
+			t.Fatalf("request %d within the burst: status %d", i, c)
+		}
+	}
+	if c := post(e.h, http.MethodPost, "/agent/v1/svid", "198.51.100.9:2"); c != http.StatusTooManyRequests {
+		t.Fatalf("request past the burst: status %d, want 429", c)
+	}
+	if c := post(e.h, http.MethodPost, "/kbs/v0/auth", "198.51.100.9:3"); c == http.StatusTooManyRequests {
+		t.Fatal("the agent limit spent the attestation bucket")
+	}
+}

@@ -119,9 +119,12 @@ func New(opts Options) (*API, error) {
 }
 
 // Register mounts the agent endpoints on mux, and the admin ones wrapped by
-// admin (the broker's admin authentication).
-func (a *API) Register(mux *http.ServeMux, admin func(http.HandlerFunc) http.Handler) {
-	mux.HandleFunc("POST "+wire.PathSVID, a.serveSVID)
+// admin (the broker's admin authentication). The SVID endpoint, the one an
+// attestation token reaches and where each request signs, is wrapped by
+// limit (the broker's per-client rate limit); the others need a current
+// agent SVID, over mutual TLS.
+func (a *API) Register(mux *http.ServeMux, admin, limit func(http.HandlerFunc) http.Handler) {
+	mux.Handle("POST "+wire.PathSVID, limit(a.serveSVID))
 	mux.HandleFunc("GET "+wire.PathEntries, a.serveEntries)
 	mux.HandleFunc("POST "+wire.PathX509, a.serveX509)
 	mux.HandleFunc("POST "+wire.PathJWT, a.serveJWT)
