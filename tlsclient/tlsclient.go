@@ -36,7 +36,14 @@ type Options struct {
 	TrustBundle []*x509.Certificate
 	// InsecureBootstrap skips verifying the broker's certificate. It is
 	// logged at WARN on every Config call. It excludes TrustBundlePath.
+	// With Pinned and ServerID, it only covers the first contact.
 	InsecureBootstrap bool
+	// Pinned, with InsecureBootstrap and ServerID, returns the trust
+	// bundle the client got from the broker at its first contact: once it
+	// returns roots, every handshake verifies the broker against them by
+	// ServerID, as SPIRE's agents do after an insecure bootstrap. While it
+	// returns none, the broker is not verified.
+	Pinned func() []*x509.Certificate
 	// ServerID, when set, verifies the broker by this SPIFFE ID (usually
 	// spiffe://<trust domain>/spire/server) instead of by host name. It
 	// needs TrustBundlePath.
@@ -75,11 +82,26 @@ func Config(o Options) (*tls.Config, error) {
 	switch {
 	case o.InsecureBootstrap && len(roots) > 0:
 		return nil, errors.New("tlsclient: insecure_bootstrap and trust_bundle_path are exclusive: drop insecure_bootstrap")
-	case !o.ServerID.IsZero() && len(roots) == 0:
+	case o.Pinned != nil && (!o.InsecureBootstrap || o.ServerID.IsZero()):
+		return nil, errors.New("tlsclient: Pinned needs InsecureBootstrap and ServerID")
+	case !o.ServerID.IsZero() && len(roots) == 0 && o.Pinned == nil:
 		return nil, errors.New("tlsclient: verifying the broker by SPIFFE ID needs trust_bundle_path")
 	}
 	c := &tls.Config{MinVersion: tls.VersionTLS12}
 	switch {
+	case o.Pinned != nil:
+		o.Log.Warn("INSECURE BOOTSTRAP: the broker's certificate is NOT verified until the first trust bundle is received from it (trust on first use); anyone on the network path at that moment can impersonate it. Set trust_bundle_path to the broker's bundle (trustgate server bundle show) instead")
+		c.InsecureSkipVerify = true // verified below, once pinned
+		verify := tlsconfig.VerifyPeerCertificate(pinnedSource{o.Pinned}, tlsconfig.AuthorizeID(o.ServerID))
+		c.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+			if len(o.Pinned()) == 0 {
+				return nil // the first contact: nothing to verify against yet
+			}
+			if err := verify(raw, chains); err != nil {
+				return fmt.Errorf("the broker does not match the trust bundle pinned at bootstrap: %w", err)
+			}
+			return nil
+		}
 	case o.InsecureBootstrap:
 		o.Log.Warn("INSECURE BOOTSTRAP: the broker's certificate is NOT verified; anyone on the network path can impersonate it. Set trust_bundle_path to the broker's bundle (trustgate server bundle show) instead")
 		c.InsecureSkipVerify = true
@@ -96,6 +118,14 @@ func Config(o Options) (*tls.Config, error) {
 		c.GetClientCertificate = tlsconfig.GetClientCertificate(o.SVID)
 	}
 	return c, nil
+}
+
+// pinnedSource is Options.Pinned as a bundle source for any trust domain.
+type pinnedSource struct{ roots func() []*x509.Certificate }
+
+// GetX509BundleForTrustDomain implements x509bundle.Source.
+func (p pinnedSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	return x509bundle.FromX509Authorities(td, p.roots()), nil
 }
 
 // HTTPClient returns an HTTP client with Config(o), a 30 s overall

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
@@ -81,6 +83,26 @@ func newMetrics(reg prometheus.Registerer, c *cache.Cache) *metrics {
 // New builds the agent; nothing runs before Run.
 func New(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (*Agent, error) {
 	tlsOpts := tlsclient.Options{TrustBundlePath: cfg.TrustBundlePath, InsecureBootstrap: cfg.InsecureBootstrap, Log: log}
+	var pinned *pinnedBundle
+	var err error
+	if cfg.InsecureBootstrap {
+		// Only the first contact goes unverified: the bundle the broker
+		// gives then is pinned, and the broker is verified against it by
+		// its SPIFFE ID from then on, restarts included (SPIRE's agents
+		// do the same).
+		if pinned, err = loadPinned(cfg.DataDir); err != nil {
+			return nil, err
+		}
+		var td spiffeid.TrustDomain
+		td, err = spiffeid.TrustDomainFromString(cfg.TrustDomain)
+		if err != nil {
+			return nil, fmt.Errorf("trust_domain: %w", err)
+		}
+		if tlsOpts.ServerID, err = spiffeid.FromSegments(td, "spire", "server"); err != nil {
+			return nil, fmt.Errorf("broker ID: %w", err)
+		}
+		tlsOpts.Pinned = pinned.get
+	}
 	bootstrap, err := tlsclient.HTTPClient(tlsOpts)
 	if err != nil {
 		return nil, fmt.Errorf("broker TLS: %w", err)
@@ -116,8 +138,12 @@ func New(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (*Agent
 		return nil, err
 	}
 	a.mgr, a.cache = mgr, c
+	var onBundle func(*spiffebundle.Bundle) error
+	if pinned != nil {
+		onBundle = func(b *spiffebundle.Bundle) error { return pinned.set(b.X509Authorities()) }
+	}
 	a.sync = agentsync.New(agentsync.Config{Broker: broker, Cache: c, Wait: cfg.SyncWait.Duration, PollInterval: cfg.SyncPollInterval.Duration,
-		Logger:  log.With("component", "sync"),
+		Logger: log.With("component", "sync"), OnBundle: onBundle,
 		Observe: func(d time.Duration, _ bool) { m.syncDur.Observe(d.Seconds()) },
 		OnError: func(err error) {
 			m.syncErrors.Inc()

@@ -35,6 +35,9 @@ type Config struct {
 	Observe func(d time.Duration, changed bool)
 	// OnError, when set, is called with every failed sync.
 	OnError func(err error)
+	// OnBundle, when set, is given every new bundle before the cache;
+	// its error fails that bundle sync, which is retried.
+	OnBundle func(b *spiffebundle.Bundle) error
 }
 
 // Syncer runs the sync.
@@ -144,6 +147,11 @@ func (s *Syncer) setBundle(b *spiffebundle.Bundle) error {
 	s.mu.Unlock()
 	if same {
 		return nil
+	}
+	if s.cfg.OnBundle != nil {
+		if err := s.cfg.OnBundle(b); err != nil {
+			return err
+		}
 	}
 	if err := s.cfg.Cache.SetBundles([]*spiffebundle.Bundle{b}); err != nil {
 		return err

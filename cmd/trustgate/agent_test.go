@@ -482,3 +482,57 @@ func TestAgentRenews(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentInsecureBootstrapPins: an agent with insecure_bootstrap trusts
+// the broker only at its first contact. It pins the bundle it gets then
+// (data_dir/bootstrap_bundle.pem, the broker's own bundle), and after a
+// restart it refuses a broker with another CA at the same address, which
+// it would have accepted had the bootstrap stayed insecure.
+func TestAgentInsecureBootstrapPins(t *testing.T) {
+	e := newAgentEnv(t)
+	doc, err := os.ReadFile(e.agentCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := setKey(t, string(doc), "", "trust_bundle_path", `""`)
+	cfg = setKey(t, cfg, "", "insecure_bootstrap", "true")
+	if err := os.WriteFile(e.agentCfg, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.createEntry(t, "spiffe://example.org/workload", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	agent := startAgentProc(t, "agent", "--config", e.agentCfg)
+	agent.waitLog(t, "workload API listening", 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	waitFor(t, 10*time.Second, "the workload's SVID", func() bool {
+		ids, err := e.fetchIDs(ctx)
+		return err == nil && len(ids) == 1
+	})
+	pinnedPath := filepath.Join(e.dir, "agent-data", "bootstrap_bundle.pem")
+	pinned, err := os.ReadFile(pinnedPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokerBundle, err := os.ReadFile(filepath.Join(e.dir, "bundle.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(bytes.TrimSpace(pinned), bytes.TrimSpace(brokerBundle)) {
+		t.Fatalf("pinned bundle differs from the broker's:\n%s\nwant\n%s", pinned, brokerBundle)
+	}
+	agent.stop(t)
+
+	// Another broker, with a CA of its own, takes the address.
+	_ = e.srv.cmd.Process.Kill()
+	_ = e.srv.cmd.Wait()
+	other := t.TempDir()
+	otherCfg, _ := serverConfig(t, other, func(doc string) string {
+		doc = setKey(t, doc, "plugins.svid", "enabled", "true")
+		return setKey(t, doc, "", "listen", strconv.Quote(strings.TrimPrefix(e.srv.api, "https://")))
+	})
+	startServer(t, "--config", otherCfg)
+	agent = startAgentProc(t, "agent", "--config", e.agentCfg)
+	waitFor(t, 10*time.Second, "the pinned bundle refusing the other broker", func() bool {
+		return strings.Contains(agent.log(), "pinned at bootstrap")
+	})
+}
