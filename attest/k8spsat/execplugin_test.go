@@ -396,23 +396,58 @@ func TestExecPluginFailures(t *testing.T) {
 	}
 
 	t.Run("timeout", func(t *testing.T) {
-		d := newPluginDir(t, `echo "waiting for the browser" >&2; sleep 30`)
+		d := newPluginDir(t, `echo "waiting for the browser" >&2; sleep 30 & echo $! > "$d/child"; wait`)
 		d.setCred(t, 0, clientauthv1.ExecCredentialStatus{Token: apiBearer})
 		a, err := d.attestor(t, srv, v1Exec("./bin/plugin"), "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		a.clusters["prod"].client.plugin.timeout = 100 * time.Millisecond
-		start := time.Now()
+		a.clusters["prod"].client.plugin.timeout = time.Second
 		err = attestGood(a)
-		if err == nil || !strings.Contains(err.Error(), "did not finish within 100ms; stderr: waiting for the browser") {
+		if err == nil || !strings.Contains(err.Error(), "did not finish within 1s; stderr: waiting for the browser") {
 			t.Fatalf("got %v, want the timeout", err)
 		}
-		// The plugin's sleep, holding its output open, was killed too.
-		if d := time.Since(start); d > 10*time.Second {
-			t.Errorf("the attestation waited %v for the plugin's child", d)
+		// The process the plugin started, holding its output open, was
+		// killed with it.
+		pid, err := os.ReadFile(d.path("child"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stat := "/proc/" + strings.TrimSpace(string(pid)) + "/stat"
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			b, err := os.ReadFile(stat)
+			if err != nil || strings.Contains(string(b), ") Z ") {
+				break // gone, or a zombie awaiting its new parent
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the plugin's child still runs: %s", b)
+			}
 		}
 	})
+}
+
+func TestExecPluginWaitIsBoundedByTheRequest(t *testing.T) {
+	srv := httptest.NewTLSServer(newFakeAPI())
+	t.Cleanup(srv.Close)
+	d := newPluginDir(t, `sleep 1`)
+	d.setCred(t, 0, clientauthv1.ExecCredentialStatus{Token: apiBearer})
+	a, err := d.attestor(t, srv, v1Exec("./bin/plugin"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := a.Attest(ctx, ch, evidence("prod", "good")); err == nil || !strings.Contains(err.Error(), "waiting for credential plugin") {
+		t.Fatalf("got %v, want the caller's deadline while the plugin runs", err)
+	}
+	// The run went on without that caller, and the next one gets its
+	// credential.
+	if err := attestGood(a); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.runs(t); n != 1 {
+		t.Errorf("%d runs, want 1", n)
+	}
 }
 
 func TestExecPluginClientCertificate(t *testing.T) {
