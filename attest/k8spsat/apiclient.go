@@ -27,8 +27,10 @@ type apiClient struct {
 	server *url.URL
 	http   *http.Client
 	// token returns the bearer credential for a request; nil means none
-	// (a client certificate authenticates the broker).
+	// (a client certificate or plugin authenticates the broker).
 	token func() (string, error)
+	// plugin is the kubeconfig's credential plugin, or nil.
+	plugin *execPlugin
 }
 
 // newAPIClient returns a client of the API server at server (https),
@@ -84,53 +86,44 @@ func isNotFound(err error) bool {
 
 // do sends in (nil: no body) to the path made of segments and decodes a
 // 2xx answer into out. A segment may not hold a slash or be "." or "..":
-// names never do.
+// names never do. A credential plugin's credential that the API server
+// refuses (401) is replaced once, as client-go does, and the request sent
+// again with the new one.
 func (c *apiClient) do(ctx context.Context, method string, in, out any, segments ...string) error {
 	for _, s := range segments {
 		if s == "" || s == "." || s == ".." || strings.Contains(s, "/") {
 			return fmt.Errorf("invalid name %q in an API path", s)
 		}
 	}
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return fmt.Errorf("encode request: %w", err)
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
 	u := *c.server
 	u.Path += "/" + strings.Join(segments, "/")
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
-	if err != nil {
-		return fmt.Errorf("build request: %w", err)
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "trustgate-k8s_psat")
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.token != nil {
-		tok, err := c.token()
-		if err != nil {
+	var cred *execCredential
+	if c.plugin != nil {
+		var err error
+		if cred, err = c.plugin.credential(ctx); err != nil {
 			return err
 		}
-		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	resp, err := c.http.Do(req)
+	status, data, err := c.send(ctx, method, u.String(), body, cred)
+	if err == nil && status == http.StatusUnauthorized && cred != nil {
+		if cred, err = c.plugin.refused(ctx, cred); err != nil {
+			return fmt.Errorf("API server refused the credential plugin's credential (401), and running it again failed: %w", err)
+		}
+		status, data, err = c.send(ctx, method, u.String(), body, cred)
+	}
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAPIResponse+1))
-	if err != nil {
-		return fmt.Errorf("read answer: %w", err)
-	}
-	if len(data) > maxAPIResponse {
-		return fmt.Errorf("answer is larger than %d bytes", maxAPIResponse)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		se := &apiStatusError{Code: resp.StatusCode}
+	if status < 200 || status > 299 {
+		se := &apiStatusError{Code: status}
 		var st struct {
 			Reason  string `json:"reason"`
 			Message string `json:"message"`
@@ -144,6 +137,55 @@ func (c *apiClient) do(ctx context.Context, method string, in, out any, segments
 		return fmt.Errorf("decode answer: %w", err)
 	}
 	return nil
+}
+
+// send makes one request, authenticated by cred (a credential plugin's)
+// or else by c.token, and returns the answer's status and body.
+func (c *apiClient) send(ctx context.Context, method, target string, body []byte, cred *execCredential) (int, []byte, error) {
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, r)
+	if err != nil {
+		return 0, nil, fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "trustgate-k8s_psat")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := c.http
+	switch {
+	case cred != nil:
+		if cred.token != "" {
+			req.Header.Set("Authorization", "Bearer "+cred.token)
+		}
+		if cred.transport != nil {
+			withCert := *c.http
+			withCert.Transport = cred.transport
+			hc = &withCert
+		}
+	case c.token != nil:
+		tok, err := c.token()
+		if err != nil {
+			return 0, nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAPIResponse+1))
+	if err != nil {
+		return 0, nil, fmt.Errorf("read answer: %w", err)
+	}
+	if len(data) > maxAPIResponse {
+		return 0, nil, fmt.Errorf("answer is larger than %d bytes", maxAPIResponse)
+	}
+	return resp.StatusCode, data, nil
 }
 
 // The fields of authentication.k8s.io/v1 TokenReview, core/v1 Pod and

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 
@@ -36,11 +37,16 @@ type kubeConfig struct {
 
 type kubeCluster struct {
 	Server                   string `yaml:"server"`
+	DisableCompression       bool   `yaml:"disable-compression"`
 	TLSServerName            string `yaml:"tls-server-name"`
 	CertificateAuthority     string `yaml:"certificate-authority"`
 	CertificateAuthorityData string `yaml:"certificate-authority-data"`
 	InsecureSkipTLSVerify    bool   `yaml:"insecure-skip-tls-verify"`
 	ProxyURL                 string `yaml:"proxy-url"`
+	Extensions               []struct {
+		Name      string `yaml:"name"`
+		Extension any    `yaml:"extension"`
+	} `yaml:"extensions"`
 }
 
 type kubeUser struct {
@@ -53,15 +59,34 @@ type kubeUser struct {
 	Username              string         `yaml:"username"`
 	Password              string         `yaml:"password"`
 	Impersonate           string         `yaml:"as"`
-	Exec                  map[string]any `yaml:"exec"`
+	Exec                  *kubeExec      `yaml:"exec"`
 	AuthProvider          map[string]any `yaml:"auth-provider"`
 }
 
+// kubeExec is a credential plugin (clientcmd's ExecConfig).
+type kubeExec struct {
+	Command string   `yaml:"command"`
+	Args    []string `yaml:"args"`
+	Env     []struct {
+		Name  string `yaml:"name"`
+		Value string `yaml:"value"`
+	} `yaml:"env"`
+	APIVersion         string `yaml:"apiVersion"`
+	InstallHint        string `yaml:"installHint"`
+	ProvideClusterInfo bool   `yaml:"provideClusterInfo"`
+	InteractiveMode    string `yaml:"interactiveMode"`
+}
+
+// execClusterExtension names the cluster extension that client-go gives
+// to credential plugins as spec.cluster.config.
+const execClusterExtension = "client.authentication.k8s.io/exec"
+
 // kubeConfigClient reads the kubeconfig file at path and returns a client
 // of its current context's API server, authenticated by the context's
-// user with a bearer token (token or tokenFile) or a client certificate.
+// user with a bearer token (token or tokenFile), a client certificate, or
+// the token or client certificate that a credential plugin (exec) prints.
 // Relative file names are relative to the kubeconfig file, as in
-// kubectl. Credential plugins (exec, auth-provider), basic auth,
+// kubectl. The deprecated auth-provider plugins, basic auth,
 // impersonation, proxies and insecure-skip-tls-verify are refused with
 // the reason.
 func kubeConfigClient(path string) (*apiClient, error) {
@@ -119,8 +144,10 @@ func kubeConfigClient(path string) (*apiClient, error) {
 		return nil, fmt.Errorf("%s: cluster %q sets insecure-skip-tls-verify, which would let anyone answer token reviews: give its certificate-authority", path, clusterName)
 	case cluster.ProxyURL != "":
 		return nil, fmt.Errorf("%s: cluster %q: proxy-url is not supported (the HTTPS_PROXY environment variable is)", path, clusterName)
-	case user.Exec != nil || user.AuthProvider != nil:
-		return nil, fmt.Errorf("%s: user %q uses a credential plugin (exec or auth-provider), which trustgate does not run: give it a token, tokenFile or client certificate, or use api_server_url with bearer_token_file", path, userName)
+	case user.AuthProvider != nil:
+		return nil, fmt.Errorf("%s: user %q uses an auth-provider credential plugin, which client-go removed and trustgate does not run: give it an exec plugin (such as the cloud's kubectl credential plugin), a token, tokenFile or client certificate, or use api_server_url with bearer_token_file", path, userName)
+	case user.Exec != nil && (user.Token != "" || user.TokenFile != "" || user.ClientCertificate != "" || user.ClientCertificateData != ""):
+		return nil, fmt.Errorf("%s: user %q has both an exec credential plugin and a token or client certificate, and client-go would silently ignore the plugin: keep one", path, userName)
 	case user.Username != "" || user.Password != "":
 		return nil, fmt.Errorf("%s: user %q uses basic authentication, which Kubernetes removed: give it a token, tokenFile or client certificate", path, userName)
 	case user.Impersonate != "":
@@ -157,7 +184,18 @@ func kubeConfigClient(path string) (*apiClient, error) {
 		conf.Certificates = []tls.Certificate{pair}
 	}
 	var token func() (string, error)
+	var plugin *execPlugin
 	switch {
+	case user.Exec != nil:
+		info := &execCluster{Server: cluster.Server, TLSServerName: cluster.TLSServerName, CertificateAuthorityData: caPEM, DisableCompression: cluster.DisableCompression}
+		for _, e := range cluster.Extensions {
+			if e.Name == execClusterExtension {
+				info.Config = e.Extension
+			}
+		}
+		if plugin, err = newExecPlugin(user.Exec, dir, info); err != nil {
+			return nil, fmt.Errorf("%s: user %q: %w", path, userName, err)
+		}
 	case user.Token != "":
 		token = func() (string, error) { return user.Token, nil }
 	case user.TokenFile != "":
@@ -167,11 +205,15 @@ func kubeConfigClient(path string) (*apiClient, error) {
 		}
 		token = tokenFile(f)
 	case certPEM == nil:
-		return nil, fmt.Errorf("%s: context %q has no credentials: give its user a token, tokenFile or client certificate", path, kc.CurrentContext)
+		return nil, fmt.Errorf("%s: context %q has no credentials: give its user a token, tokenFile, client certificate or exec credential plugin", path, kc.CurrentContext)
 	}
 	c, err := newAPIClient(cluster.Server, conf, token)
 	if err != nil {
 		return nil, fmt.Errorf("%s: cluster %q: %w", path, clusterName, err)
+	}
+	if plugin != nil {
+		plugin.base = c.http.Transport.(*http.Transport)
+		c.plugin = plugin
 	}
 	return c, nil
 }

@@ -166,8 +166,15 @@ current-context: ctx
 func TestKubeConfigRefusals(t *testing.T) {
 	const head = "clusters: [{name: c, cluster: {server: \"https://k\"}}]\ncontexts: [{name: ctx, context: {cluster: c, user: u}}]\ncurrent-context: ctx\n"
 	for name, tc := range map[string]struct{ text, want string }{
-		"exec plugin":        {head + "users: [{name: u, user: {exec: {command: aws, apiVersion: client.authentication.k8s.io/v1}}}]", "credential plugin"},
-		"auth provider":      {head + "users: [{name: u, user: {auth-provider: {name: oidc}}}]", "credential plugin"},
+		"exec interactive":   {head + "users: [{name: u, user: {exec: {command: sh, apiVersion: client.authentication.k8s.io/v1, interactiveMode: Always}}}]", "needs interactiveMode Always, but the broker runs without a terminal"},
+		"exec no mode":       {head + "users: [{name: u, user: {exec: {command: sh, apiVersion: client.authentication.k8s.io/v1}}}]", "interactiveMode must be set"},
+		"exec bad mode":      {head + "users: [{name: u, user: {exec: {command: sh, apiVersion: client.authentication.k8s.io/v1, interactiveMode: Sometimes}}}]", "invalid interactiveMode"},
+		"exec v1alpha1":      {head + "users: [{name: u, user: {exec: {command: sh, apiVersion: client.authentication.k8s.io/v1alpha1}}}]", `apiVersion "client.authentication.k8s.io/v1alpha1"`},
+		"exec no command":    {head + "users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1beta1}}}]", "command is empty"},
+		"exec bad env":       {head + "users: [{name: u, user: {exec: {command: sh, apiVersion: client.authentication.k8s.io/v1beta1, env: [{value: x}]}}}]", "invalid env name"},
+		"exec not found":     {head + "users: [{name: u, user: {exec: {command: trustgate-no-such-plugin, apiVersion: client.authentication.k8s.io/v1beta1, installHint: \"install it with: apt install x\"}}}]", "trustgate-no-such-plugin\": executable file not found in $PATH: install it with: apt install x"},
+		"exec and token":     {head + "users: [{name: u, user: {token: t, exec: {command: sh, apiVersion: client.authentication.k8s.io/v1beta1}}}]", "keep one"},
+		"auth provider":      {head + "users: [{name: u, user: {auth-provider: {name: oidc}}}]", "auth-provider credential plugin, which client-go removed"},
 		"basic auth":         {head + "users: [{name: u, user: {username: a, password: b}}]", "basic authentication"},
 		"impersonation":      {head + "users: [{name: u, user: {token: t, as: admin}}]", "impersonation"},
 		"no credentials":     {head + "users: [{name: u, user: {}}]", "has no credentials"},
@@ -195,9 +202,12 @@ func TestKubeConfigRefusals(t *testing.T) {
 			}
 		})
 	}
-	// Control: the same head with a token is accepted.
-	if _, err := kubeconfigCluster(t, head+"users: [{name: u, user: {token: t}}]", nil); err != nil {
-		t.Fatalf("a valid kubeconfig was refused: %v", err)
+	// Controls: the same head with a token, or with a plugin that needs no
+	// terminal, is accepted.
+	for _, user := range []string{"{token: t}", "{exec: {command: sh, apiVersion: client.authentication.k8s.io/v1, interactiveMode: IfAvailable}}"} {
+		if _, err := kubeconfigCluster(t, head+"users: [{name: u, user: "+user+"}]", nil); err != nil {
+			t.Fatalf("a valid kubeconfig was refused: %v", err)
+		}
 	}
 }
 
