@@ -1,44 +1,16 @@
 package broker_test
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/trustgate/trustgate/broker/rcartest"
 	"github.com/trustgate/trustgate/store"
-	"github.com/trustgate/trustgate/store/postgres"
-	"github.com/trustgate/trustgate/store/postgres/pgtest"
-	"github.com/trustgate/trustgate/store/sqlite"
+	"github.com/trustgate/trustgate/store/storekinds"
 	"github.com/trustgate/trustgate/store/storetest"
 )
-
-// benchStores opens an empty store of each kind; PostgreSQL is skipped
-// when pgtest.Env is unset.
-var benchStores = []struct {
-	name string
-	open func(b *testing.B) store.Store
-}{
-	{"sqlite", func(b *testing.B) store.Store {
-		st, err := sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "b.db"), sqlite.Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { st.Close() })
-		return st
-	}},
-	{"postgres", func(b *testing.B) store.Store {
-		st, err := postgres.Open(context.Background(), postgres.Options{DSN: pgtest.Schema(b)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { st.Close() })
-		return st
-	}},
-}
 
 // BenchmarkRCARNodeAliases times complete sample-TEE attestations whose
 // node matches 2 of 10 node alias entries, as one store grows to 1k, 10k
@@ -65,9 +37,9 @@ func BenchmarkRCARNodeAliases(b *testing.B) {
 		}
 		return rcartest.SampleEvidence("1", rd)
 	}
-	for _, s := range benchStores {
-		b.Run(s.name, func(b *testing.B) {
-			st := s.open(b)
+	for _, s := range storekinds.All {
+		b.Run(s.Name, func(b *testing.B) {
+			st := s.Open(b)
 			h := newHarness(b, harnessOpts{store: st})
 			have := 0
 			for _, n := range []int{1_000, 10_000, 100_000} {

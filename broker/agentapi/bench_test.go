@@ -3,39 +3,12 @@ package agentapi
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 
 	"github.com/trustgate/trustgate/store"
-	"github.com/trustgate/trustgate/store/postgres"
-	"github.com/trustgate/trustgate/store/postgres/pgtest"
-	"github.com/trustgate/trustgate/store/sqlite"
+	"github.com/trustgate/trustgate/store/storekinds"
 	"github.com/trustgate/trustgate/store/storetest"
 )
-
-// benchStores opens an empty store of each kind; PostgreSQL is skipped
-// when pgtest.Env is unset.
-var benchStores = []struct {
-	name string
-	open func(b *testing.B) store.Store
-}{
-	{"sqlite", func(b *testing.B) store.Store {
-		st, err := sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "b.db"), sqlite.Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { st.Close() })
-		return st
-	}},
-	{"postgres", func(b *testing.B) store.Store {
-		st, err := postgres.Open(context.Background(), postgres.Options{DSN: pgtest.Schema(b)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { st.Close() })
-		return st
-	}},
-}
 
 // BenchmarkAuthorizedEntries measures the authorized-entries computation of
 // one agent (10 entries of its own, 2 through a node alias) as one store
@@ -59,9 +32,9 @@ func BenchmarkAuthorizedEntries(b *testing.B) {
 		}
 		return store.Entry{SPIFFEID: fmt.Sprint("spiffe://td/other/", i), ParentID: fmt.Sprint("spiffe://td/spire/agent/n", i%1000), Selectors: []store.Selector{uid}}
 	}
-	for _, s := range benchStores {
-		b.Run(s.name, func(b *testing.B) {
-			st := s.open(b)
+	for _, s := range storekinds.All {
+		b.Run(s.Name, func(b *testing.B) {
+			st := s.Open(b)
 			a := &API{store: st, serverID: server}
 			ctx := context.Background()
 			have := 0

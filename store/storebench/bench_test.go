@@ -5,56 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/trustgate/trustgate/store"
-	"github.com/trustgate/trustgate/store/postgres"
-	"github.com/trustgate/trustgate/store/postgres/pgtest"
-	"github.com/trustgate/trustgate/store/sqlite"
+	"github.com/trustgate/trustgate/store/storekinds"
 )
-
-// opener opens a fresh store; calling it again with the same dsn (for
-// PostgreSQL) opens another replica of the same database.
-type opener struct {
-	name string
-	open func(b *testing.B) func() store.Store
-}
-
-var openers = []opener{
-	{"sqlite", func(b *testing.B) func() store.Store {
-		path := filepath.Join(b.TempDir(), "s.db")
-		return func() store.Store {
-			db, err := sqlite.Open(context.Background(), path, sqlite.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { db.Close() })
-			return db
-		}
-	}},
-	{"postgres", func(b *testing.B) func() store.Store {
-		dsn := pgtest.Schema(b)
-		return func() store.Store {
-			db, err := postgres.Open(context.Background(), postgres.Options{DSN: dsn})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { db.Close() })
-			return db
-		}
-	}},
-}
 
 // BenchmarkSessionCycle is one RCAR attestation's store traffic, create a
 // session and consume its nonce, from 32 callers per core.
 func BenchmarkSessionCycle(b *testing.B) {
-	for _, o := range openers {
-		b.Run(o.name, func(b *testing.B) {
-			st := o.open(b)()
+	for _, o := range storekinds.All {
+		b.Run(o.Name, func(b *testing.B) {
+			st := o.Open(b)
 			ctx := context.Background()
 			now := time.Now()
 			var n atomic.Int64
@@ -99,9 +64,9 @@ func createTokens(b *testing.B, st store.Store, prefix string, n int) {
 // BenchmarkJoinTokenConsume consumes distinct join tokens from 32 callers
 // per core; creating them is not timed.
 func BenchmarkJoinTokenConsume(b *testing.B) {
-	for _, o := range openers {
-		b.Run(o.name, func(b *testing.B) {
-			st := o.open(b)()
+	for _, o := range storekinds.All {
+		b.Run(o.Name, func(b *testing.B) {
+			st := o.Open(b)
 			prefix := fmt.Sprint("t", b.N, "-")
 			createTokens(b, st, prefix, b.N)
 			ctx := context.Background()
@@ -127,7 +92,7 @@ func BenchmarkJoinTokenConsume(b *testing.B) {
 // once, and reports consumed tokens per second.
 func BenchmarkJoinTokenContention(b *testing.B) {
 	const replicas, callers = 3, 8
-	open := openers[1].open(b)
+	open := storekinds.Postgres.Replicas(b)
 	pools := make([]store.Store, replicas)
 	for i := range pools {
 		pools[i] = open()
@@ -213,9 +178,9 @@ func grow(b *testing.B, st store.Store, from, n int) {
 // result is the same size at every store size, so the rates should not
 // fall as the store grows.
 func BenchmarkEntries(b *testing.B) {
-	for _, o := range openers {
-		b.Run(o.name, func(b *testing.B) {
-			st := o.open(b)()
+	for _, o := range storekinds.All {
+		b.Run(o.Name, func(b *testing.B) {
+			st := o.Open(b)
 			have := 0
 			for _, n := range []int{1_000, 10_000, 100_000} {
 				b.Run(fmt.Sprintf("%dk", n/1000), func(b *testing.B) {

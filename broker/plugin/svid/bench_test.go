@@ -21,6 +21,7 @@ import (
 	"github.com/trustgate/trustgate/broker/plugin"
 	"github.com/trustgate/trustgate/broker/plugin/svid"
 	"github.com/trustgate/trustgate/store"
+	"github.com/trustgate/trustgate/store/storekinds"
 	"github.com/trustgate/trustgate/store/storetest"
 )
 
@@ -121,9 +122,9 @@ func BenchmarkX509SVIDEntries(b *testing.B) {
 	}
 	cfg := svid.DefaultConfig()
 	cfg.EntryCacheTTL.Duration = 0
-	for _, s := range benchStores {
-		b.Run(s.name, func(b *testing.B) {
-			st := s.open(b)
+	for _, s := range storekinds.All {
+		b.Run(s.Name, func(b *testing.B) {
+			st := s.Open(b)
 			ctx := context.Background()
 			p, err := svid.New(ctx, cfg, td, st, newSealer(b), nil, time.Now)
 			if err != nil {
