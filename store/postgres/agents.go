@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/trustgate/trustgate/store"
+	"github.com/trustgate/trustgate/store/internal/sqlrow"
 )
 
 // Agents implements store.Store.
@@ -28,7 +29,7 @@ WHERE NOT agents.evicted
 RETURNING created_at`
 	renewAgent = `UPDATE agents SET prev_serial = serial, serial = $1, expires_at = $2, updated_at = $3
 WHERE spiffe_id = $4 AND NOT evicted AND (serial = $5 OR prev_serial = $5)`
-	agentCols     = `spiffe_id, attestor, selectors, serial, prev_serial, expires_at, evicted, created_at, updated_at`
+	agentCols     = sqlrow.AgentColumns
 	agentByID     = `SELECT ` + agentCols + ` FROM agents WHERE spiffe_id = $1`
 	evictAgent    = `UPDATE agents SET evicted = true, updated_at = $1 WHERE spiffe_id = $2`
 	entryRevision = `SELECT value FROM revisions WHERE name = 'entries'`
@@ -45,20 +46,20 @@ func (a agents) Attest(ctx context.Context, v store.Agent) (store.Agent, error) 
 	}
 	var created int64
 	err = a.db.pool.QueryRow(ctx, attestAgent, v.SPIFFEID, v.Attestor, string(doc), v.SerialNumber,
-		ns(v.ExpiresAt), ns(v.CreatedAt), ns(v.UpdatedAt)).Scan(&created)
+		sqlrow.NS(v.ExpiresAt), sqlrow.NS(v.CreatedAt), sqlrow.NS(v.UpdatedAt)).Scan(&created)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.Agent{}, fmt.Errorf("postgres: attest agent %s: %w", v.SPIFFEID, store.ErrEvicted)
 	}
 	if err != nil {
 		return store.Agent{}, wrap("attest agent", err)
 	}
-	v.CreatedAt, v.PrevSerialNumber, v.Evicted = fromNS(created), "", false
+	v.CreatedAt, v.PrevSerialNumber, v.Evicted = sqlrow.FromNS(created), "", false
 	return v, nil
 }
 
 func (a agents) Renew(ctx context.Context, id, presented, serial string, expiresAt, now time.Time) error {
 	if presented != "" {
-		tag, err := a.db.pool.Exec(ctx, renewAgent, serial, ns(expiresAt), ns(now), id, presented)
+		tag, err := a.db.pool.Exec(ctx, renewAgent, serial, sqlrow.NS(expiresAt), sqlrow.NS(now), id, presented)
 		if err != nil {
 			return wrap("renew agent", err)
 		}
@@ -76,22 +77,8 @@ func (a agents) Renew(ctx context.Context, id, presented, serial string, expires
 	return fmt.Errorf("postgres: renew agent %s: serial %q is not its current SVID's: %w", id, presented, store.ErrConflict)
 }
 
-func scanAgent(row pgx.Row) (store.Agent, error) {
-	var v store.Agent
-	var sel string
-	var expires, created, updated int64
-	if err := row.Scan(&v.SPIFFEID, &v.Attestor, &sel, &v.SerialNumber, &v.PrevSerialNumber, &expires, &v.Evicted, &created, &updated); err != nil {
-		return store.Agent{}, err
-	}
-	if err := json.Unmarshal([]byte(sel), &v.Selectors); err != nil {
-		return store.Agent{}, fmt.Errorf("agent %s: selectors: %w", v.SPIFFEID, err)
-	}
-	v.ExpiresAt, v.CreatedAt, v.UpdatedAt = fromNS(expires), fromNS(created), fromNS(updated)
-	return v, nil
-}
-
 func (a agents) Get(ctx context.Context, id string) (store.Agent, error) {
-	v, err := scanAgent(a.db.pool.QueryRow(ctx, agentByID, id))
+	v, err := sqlrow.ScanAgent(a.db.pool.QueryRow(ctx, agentByID, id))
 	return v, wrap("get agent", err)
 }
 
@@ -103,7 +90,7 @@ func (a agents) List(ctx context.Context) ([]store.Agent, error) {
 	defer rows.Close()
 	var out []store.Agent
 	for rows.Next() {
-		v, err := scanAgent(rows)
+		v, err := sqlrow.ScanAgent(rows)
 		if err != nil {
 			return nil, wrap("list agents", err)
 		}
@@ -113,7 +100,7 @@ func (a agents) List(ctx context.Context) ([]store.Agent, error) {
 }
 
 func (a agents) Evict(ctx context.Context, id string, now time.Time) error {
-	tag, err := a.db.pool.Exec(ctx, evictAgent, ns(now), id)
+	tag, err := a.db.pool.Exec(ctx, evictAgent, sqlrow.NS(now), id)
 	return affectedOne("evict agent", tag, err)
 }
 

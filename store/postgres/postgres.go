@@ -26,6 +26,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/trustgate/trustgate/store"
+	"github.com/trustgate/trustgate/store/internal/sqlrow"
 )
 
 // DB is a store.Store on one PostgreSQL database (or schema, by the
@@ -114,9 +115,6 @@ func (db *DB) Keys() store.Keys { return keys{db} }
 // Policies implements store.Store.
 func (db *DB) Policies() store.Policies { return policies{db} }
 
-func ns(t time.Time) int64 { return t.UnixNano() }
-
-func fromNS(v int64) time.Time { return time.Unix(0, v).UTC() }
 
 func wrap(op string, err error) error {
 	if err == nil {
@@ -162,7 +160,7 @@ const sessionCols = `id, tee, nonce, extra_params, created_at, expires_at, nonce
 func (s sessions) Create(ctx context.Context, v store.Session) error {
 	_, err := s.db.pool.Exec(ctx,
 		`INSERT INTO sessions (`+sessionCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)`,
-		v.ID, v.TEE, v.Nonce, v.ExtraParams, ns(v.CreatedAt), ns(v.ExpiresAt), v.NonceUsed, v.Claims)
+		v.ID, v.TEE, v.Nonce, v.ExtraParams, sqlrow.NS(v.CreatedAt), sqlrow.NS(v.ExpiresAt), v.NonceUsed, v.Claims)
 	return wrap("create session", err)
 }
 
@@ -171,7 +169,7 @@ func scanSession(row pgx.Row, extra ...any) (store.Session, error) {
 	var created, expires int64
 	dst := append([]any{&v.ID, &v.TEE, &v.Nonce, &v.ExtraParams, &created, &expires, &v.NonceUsed, &v.Claims}, extra...)
 	err := row.Scan(dst...)
-	v.CreatedAt, v.ExpiresAt = fromNS(created), fromNS(expires)
+	v.CreatedAt, v.ExpiresAt = sqlrow.FromNS(created), sqlrow.FromNS(expires)
 	return v, err
 }
 
@@ -196,7 +194,7 @@ SELECT ` + sessionCols + `, false FROM sessions WHERE id = $1 AND NOT EXISTS (SE
 
 func (s sessions) ConsumeNonce(ctx context.Context, id, nonce string, now time.Time) (store.Session, error) {
 	var consumed bool
-	v, err := scanSession(s.db.pool.QueryRow(ctx, consumeNonce, id, nonce, ns(now)), &consumed)
+	v, err := scanSession(s.db.pool.QueryRow(ctx, consumeNonce, id, nonce, sqlrow.NS(now)), &consumed)
 	switch {
 	case err != nil:
 		return store.Session{}, wrap("consume nonce", err)
@@ -221,7 +219,7 @@ func (s sessions) SetClaims(ctx context.Context, id string, claims []byte) error
 }
 
 func (s sessions) DeleteExpired(ctx context.Context, now time.Time) (int, error) {
-	tag, err := s.db.pool.Exec(ctx, deleteExpiredSessions, ns(now))
+	tag, err := s.db.pool.Exec(ctx, deleteExpiredSessions, sqlrow.NS(now))
 	if err != nil {
 		return 0, wrap("delete expired sessions", err)
 	}
@@ -232,7 +230,7 @@ type joinTokens struct{ db *DB }
 
 func (j joinTokens) Create(ctx context.Context, t store.JoinToken) error {
 	_, err := j.db.pool.Exec(ctx, `INSERT INTO join_tokens (id, spiffe_id, expires_at, created_at) VALUES ($1,$2,$3,$4)`,
-		t.ID, t.SPIFFEID, ns(t.ExpiresAt), ns(t.CreatedAt))
+		t.ID, t.SPIFFEID, sqlrow.NS(t.ExpiresAt), sqlrow.NS(t.CreatedAt))
 	return wrap("create join token", err)
 }
 
@@ -240,7 +238,7 @@ func scanToken(row pgx.Row) (store.JoinToken, error) {
 	var t store.JoinToken
 	var expires, created int64
 	err := row.Scan(&t.ID, &t.SPIFFEID, &expires, &created)
-	t.ExpiresAt, t.CreatedAt = fromNS(expires), fromNS(created)
+	t.ExpiresAt, t.CreatedAt = sqlrow.FromNS(expires), sqlrow.FromNS(created)
 	return t, err
 }
 
@@ -294,7 +292,7 @@ func (e entries) Create(ctx context.Context, v store.Entry) (store.Entry, error)
 		types[i], values[i] = s.Type, s.Value
 	}
 	if _, err := e.db.pool.Exec(ctx, createEntry, v.ID, v.SPIFFEID, v.ParentID, int64(v.X509SVIDTTL), int64(v.JWTSVIDTTL),
-		dns, ns(v.CreatedAt), types, values); err != nil {
+		dns, sqlrow.NS(v.CreatedAt), types, values); err != nil {
 		return store.Entry{}, wrap("create entry", err)
 	}
 	return v, nil
@@ -352,7 +350,7 @@ func (e entries) query(ctx context.Context, sql string, args ...any) ([]store.En
 		if err := r.Scan(&v.ID, &v.SPIFFEID, &v.ParentID, &x509, &jwt, &v.DNSNames, &created, &types, &values); err != nil {
 			return v, err
 		}
-		v.X509SVIDTTL, v.JWTSVIDTTL, v.CreatedAt = time.Duration(x509), time.Duration(jwt), fromNS(created)
+		v.X509SVIDTTL, v.JWTSVIDTTL, v.CreatedAt = time.Duration(x509), time.Duration(jwt), sqlrow.FromNS(created)
 		if len(v.DNSNames) == 0 {
 			v.DNSNames = nil
 		}
@@ -387,7 +385,7 @@ func (r resources) Put(ctx context.Context, v store.Resource) error {
 	_, err := r.db.pool.Exec(ctx,
 		`INSERT INTO resources (path, sealed, updated_at) VALUES ($1,$2,$3)
 		 ON CONFLICT (path) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at`,
-		v.Path, v.Sealed, ns(v.UpdatedAt))
+		v.Path, v.Sealed, sqlrow.NS(v.UpdatedAt))
 	return wrap("put resource", err)
 }
 
@@ -395,7 +393,7 @@ func (r resources) Get(ctx context.Context, path string) (store.Resource, error)
 	var v store.Resource
 	var updated int64
 	err := r.db.pool.QueryRow(ctx, resourceByPath, path).Scan(&v.Path, &v.Sealed, &updated)
-	v.UpdatedAt = fromNS(updated)
+	v.UpdatedAt = sqlrow.FromNS(updated)
 	return v, wrap("get resource", err)
 }
 
@@ -423,7 +421,7 @@ func (k keys) Create(ctx context.Context, v store.Key) error {
 	}
 	_, err := k.db.pool.Exec(ctx,
 		`INSERT INTO keys (kind, id, sealed, public, not_before, not_after, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7)`,
-		v.Kind, v.ID, v.Sealed, v.Public, ns(v.NotBefore), ns(v.NotAfter), ns(v.CreatedAt))
+		v.Kind, v.ID, v.Sealed, v.Public, sqlrow.NS(v.NotBefore), sqlrow.NS(v.NotAfter), sqlrow.NS(v.CreatedAt))
 	return wrap("create key", err)
 }
 
@@ -437,7 +435,7 @@ func (k keys) List(ctx context.Context, kind string) ([]store.Key, error) {
 		var v store.Key
 		var nb, na, created int64
 		err := r.Scan(&v.Kind, &v.ID, &v.Sealed, &v.Public, &nb, &na, &created)
-		v.NotBefore, v.NotAfter, v.CreatedAt = fromNS(nb), fromNS(na), fromNS(created)
+		v.NotBefore, v.NotAfter, v.CreatedAt = sqlrow.FromNS(nb), sqlrow.FromNS(na), sqlrow.FromNS(created)
 		return v, err
 	})
 	return out, wrap("list keys", err)
@@ -455,7 +453,7 @@ func (p policies) Get(ctx context.Context, name string) (store.Policy, error) {
 	var updated int64
 	err := p.db.pool.QueryRow(ctx, policyByName, name).
 		Scan(&v.Name, &v.Text, &v.Revision, &updated)
-	v.UpdatedAt = fromNS(updated)
+	v.UpdatedAt = sqlrow.FromNS(updated)
 	return v, wrap("get policy", err)
 }
 
@@ -464,6 +462,6 @@ func (p policies) Put(ctx context.Context, name, text string) (store.Policy, err
 	err := p.db.pool.QueryRow(ctx,
 		`INSERT INTO policies (name, text, revision, updated_at) VALUES ($1,$2,1,$3)
 		 ON CONFLICT (name) DO UPDATE SET text = excluded.text, revision = policies.revision + 1, updated_at = excluded.updated_at
-		 RETURNING revision`, name, text, ns(v.UpdatedAt)).Scan(&v.Revision)
+		 RETURNING revision`, name, text, sqlrow.NS(v.UpdatedAt)).Scan(&v.Revision)
 	return v, wrap("put policy", err)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/trustgate/trustgate/store"
+	"github.com/trustgate/trustgate/store/internal/sqlrow"
 )
 
 // Agents implements store.Store.
@@ -27,7 +28,7 @@ WHERE agents.evicted = 0
 RETURNING created_at`
 	renewAgent = `UPDATE agents SET prev_serial = serial, serial = ?, expires_at = ?, updated_at = ?
 WHERE spiffe_id = ? AND evicted = 0 AND (serial = ? OR prev_serial = ?)`
-	agentCols     = `spiffe_id, attestor, selectors, serial, prev_serial, expires_at, evicted, created_at, updated_at`
+	agentCols     = sqlrow.AgentColumns
 	agentByID     = `SELECT ` + agentCols + ` FROM agents WHERE spiffe_id = ?`
 	evictAgent    = `UPDATE agents SET evicted = 1, updated_at = ? WHERE spiffe_id = ?`
 	entryRevision = `SELECT value FROM revisions WHERE name = 'entries'`
@@ -40,20 +41,20 @@ func (a agents) Attest(ctx context.Context, v store.Agent) (store.Agent, error) 
 	}
 	var created int64
 	err = a.db.w.QueryRowContext(ctx, attestAgent, v.SPIFFEID, v.Attestor, string(sel), v.SerialNumber,
-		ns(v.ExpiresAt), ns(v.CreatedAt), ns(v.UpdatedAt)).Scan(&created)
+		sqlrow.NS(v.ExpiresAt), sqlrow.NS(v.CreatedAt), sqlrow.NS(v.UpdatedAt)).Scan(&created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Agent{}, fmt.Errorf("sqlite: attest agent %s: %w", v.SPIFFEID, store.ErrEvicted)
 	}
 	if err != nil {
 		return store.Agent{}, wrap("attest agent", err)
 	}
-	v.CreatedAt, v.PrevSerialNumber, v.Evicted = fromNS(created), "", false
+	v.CreatedAt, v.PrevSerialNumber, v.Evicted = sqlrow.FromNS(created), "", false
 	return v, nil
 }
 
 func (a agents) Renew(ctx context.Context, id, presented, serial string, expiresAt, now time.Time) error {
 	if presented != "" {
-		res, err := a.db.w.ExecContext(ctx, renewAgent, serial, ns(expiresAt), ns(now), id, presented, presented)
+		res, err := a.db.w.ExecContext(ctx, renewAgent, serial, sqlrow.NS(expiresAt), sqlrow.NS(now), id, presented, presented)
 		if err != nil {
 			return wrap("renew agent", err)
 		}
@@ -73,22 +74,8 @@ func (a agents) Renew(ctx context.Context, id, presented, serial string, expires
 	return fmt.Errorf("sqlite: renew agent %s: serial %q is not its current SVID's: %w", id, presented, store.ErrConflict)
 }
 
-func scanAgent(row interface{ Scan(...any) error }) (store.Agent, error) {
-	var v store.Agent
-	var sel string
-	var expires, created, updated int64
-	if err := row.Scan(&v.SPIFFEID, &v.Attestor, &sel, &v.SerialNumber, &v.PrevSerialNumber, &expires, &v.Evicted, &created, &updated); err != nil {
-		return store.Agent{}, err
-	}
-	if err := json.Unmarshal([]byte(sel), &v.Selectors); err != nil {
-		return store.Agent{}, fmt.Errorf("agent %s: selectors: %w", v.SPIFFEID, err)
-	}
-	v.ExpiresAt, v.CreatedAt, v.UpdatedAt = fromNS(expires), fromNS(created), fromNS(updated)
-	return v, nil
-}
-
 func (a agents) Get(ctx context.Context, id string) (store.Agent, error) {
-	v, err := scanAgent(a.db.r.QueryRowContext(ctx, agentByID, id))
+	v, err := sqlrow.ScanAgent(a.db.r.QueryRowContext(ctx, agentByID, id))
 	return v, wrap("get agent", err)
 }
 
@@ -100,7 +87,7 @@ func (a agents) List(ctx context.Context) ([]store.Agent, error) {
 	defer rows.Close()
 	var out []store.Agent
 	for rows.Next() {
-		v, err := scanAgent(rows)
+		v, err := sqlrow.ScanAgent(rows)
 		if err != nil {
 			return nil, wrap("list agents", err)
 		}
@@ -110,7 +97,7 @@ func (a agents) List(ctx context.Context) ([]store.Agent, error) {
 }
 
 func (a agents) Evict(ctx context.Context, id string, now time.Time) error {
-	res, err := a.db.w.ExecContext(ctx, evictAgent, ns(now), id)
+	res, err := a.db.w.ExecContext(ctx, evictAgent, sqlrow.NS(now), id)
 	if err != nil {
 		return wrap("evict agent", err)
 	}

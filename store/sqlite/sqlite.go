@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/trustgate/trustgate/store"
+	"github.com/trustgate/trustgate/store/internal/sqlrow"
 	sqlitedrv "modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -206,9 +207,6 @@ func (db *DB) tx(ctx context.Context, fn func(*tx) error) error {
 	return nil
 }
 
-func ns(t time.Time) int64 { return t.UnixNano() }
-
-func fromNS(v int64) time.Time { return time.Unix(0, v).UTC() }
 
 // isUnique reports whether err is a primary-key or unique violation.
 func isUnique(err error) bool {
@@ -250,7 +248,7 @@ type sessions struct{ db *DB }
 func (s sessions) Create(ctx context.Context, v store.Session) error {
 	_, err := s.db.w.ExecContext(ctx,
 		`INSERT INTO sessions (id, tee, nonce, extra_params, created_at, expires_at, nonce_used, claims) VALUES (?,?,?,?,?,?,?,?)`,
-		v.ID, v.TEE, v.Nonce, v.ExtraParams, ns(v.CreatedAt), ns(v.ExpiresAt), v.NonceUsed, v.Claims)
+		v.ID, v.TEE, v.Nonce, v.ExtraParams, sqlrow.NS(v.CreatedAt), sqlrow.NS(v.ExpiresAt), v.NonceUsed, v.Claims)
 	return wrap("create session", err)
 }
 
@@ -264,7 +262,7 @@ func scanSession(row interface{ Scan(...any) error }) (store.Session, error) {
 	var v store.Session
 	var created, expires int64
 	err := row.Scan(&v.ID, &v.TEE, &v.Nonce, &v.ExtraParams, &created, &expires, &v.NonceUsed, &v.Claims)
-	v.CreatedAt, v.ExpiresAt = fromNS(created), fromNS(expires)
+	v.CreatedAt, v.ExpiresAt = sqlrow.FromNS(created), sqlrow.FromNS(expires)
 	return v, err
 }
 
@@ -309,7 +307,7 @@ func (s sessions) SetClaims(ctx context.Context, id string, claims []byte) error
 }
 
 func (s sessions) DeleteExpired(ctx context.Context, now time.Time) (int, error) {
-	res, err := s.db.w.ExecContext(ctx, deleteExpiredSessions, ns(now))
+	res, err := s.db.w.ExecContext(ctx, deleteExpiredSessions, sqlrow.NS(now))
 	if err != nil {
 		return 0, wrap("delete expired sessions", err)
 	}
@@ -332,7 +330,7 @@ type joinTokens struct{ db *DB }
 
 func (j joinTokens) Create(ctx context.Context, t store.JoinToken) error {
 	_, err := j.db.w.ExecContext(ctx, `INSERT INTO join_tokens (id, spiffe_id, expires_at, created_at) VALUES (?,?,?,?)`,
-		t.ID, t.SPIFFEID, ns(t.ExpiresAt), ns(t.CreatedAt))
+		t.ID, t.SPIFFEID, sqlrow.NS(t.ExpiresAt), sqlrow.NS(t.CreatedAt))
 	return wrap("create join token", err)
 }
 
@@ -342,7 +340,7 @@ func (j joinTokens) Consume(ctx context.Context, id string) (store.JoinToken, er
 	err := j.db.w.QueryRowContext(ctx,
 		consumeJoinToken, id).
 		Scan(&t.ID, &t.SPIFFEID, &expires, &created)
-	t.ExpiresAt, t.CreatedAt = fromNS(expires), fromNS(created)
+	t.ExpiresAt, t.CreatedAt = sqlrow.FromNS(expires), sqlrow.FromNS(created)
 	return t, wrap("consume join token", err)
 }
 
@@ -359,7 +357,7 @@ func (j joinTokens) List(ctx context.Context) ([]store.JoinToken, error) {
 		if err := rows.Scan(&t.ID, &t.SPIFFEID, &expires, &created); err != nil {
 			return nil, wrap("list join tokens", err)
 		}
-		t.ExpiresAt, t.CreatedAt = fromNS(expires), fromNS(created)
+		t.ExpiresAt, t.CreatedAt = sqlrow.FromNS(expires), sqlrow.FromNS(created)
 		out = append(out, t)
 	}
 	return out, wrap("list join tokens", rows.Err())
@@ -387,7 +385,7 @@ func (e entries) Create(ctx context.Context, v store.Entry) (store.Entry, error)
 	err = e.db.tx(ctx, func(tx *tx) error {
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO entries (id, spiffe_id, parent_id, x509_ttl_ns, jwt_ttl_ns, dns_names, created_at) VALUES (?,?,?,?,?,?,?)`,
-			v.ID, v.SPIFFEID, v.ParentID, int64(v.X509SVIDTTL), int64(v.JWTSVIDTTL), string(dns), ns(v.CreatedAt)); err != nil {
+			v.ID, v.SPIFFEID, v.ParentID, int64(v.X509SVIDTTL), int64(v.JWTSVIDTTL), string(dns), sqlrow.NS(v.CreatedAt)); err != nil {
 			return wrap("create entry", err)
 		}
 		for i, s := range v.Selectors {
@@ -462,7 +460,7 @@ func (e entries) query(ctx context.Context, q string, args ...any) ([]store.Entr
 			return nil, wrap("list entries", err)
 		}
 		if n := len(out); n == 0 || out[n-1].ID != v.ID {
-			v.X509SVIDTTL, v.JWTSVIDTTL, v.CreatedAt = time.Duration(x509), time.Duration(jwt), fromNS(created)
+			v.X509SVIDTTL, v.JWTSVIDTTL, v.CreatedAt = time.Duration(x509), time.Duration(jwt), sqlrow.FromNS(created)
 			if err := json.Unmarshal([]byte(dns), &v.DNSNames); err != nil {
 				return nil, fmt.Errorf("sqlite: entry %s: dns names: %w", v.ID, err)
 			}
@@ -493,7 +491,7 @@ func (r resources) Put(ctx context.Context, v store.Resource) error {
 	}
 	_, err := r.db.w.ExecContext(ctx,
 		`INSERT INTO resources (path, sealed, updated_at) VALUES (?,?,?) ON CONFLICT (path) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at`,
-		v.Path, v.Sealed, ns(v.UpdatedAt))
+		v.Path, v.Sealed, sqlrow.NS(v.UpdatedAt))
 	return wrap("put resource", err)
 }
 
@@ -501,7 +499,7 @@ func (r resources) Get(ctx context.Context, path string) (store.Resource, error)
 	var v store.Resource
 	var updated int64
 	err := r.db.r.QueryRowContext(ctx, resourceByPath, path).Scan(&v.Path, &v.Sealed, &updated)
-	v.UpdatedAt = fromNS(updated)
+	v.UpdatedAt = sqlrow.FromNS(updated)
 	return v, wrap("get resource", err)
 }
 
@@ -539,7 +537,7 @@ func (k keys) Create(ctx context.Context, v store.Key) error {
 	}
 	_, err := k.db.w.ExecContext(ctx,
 		`INSERT INTO keys (kind, id, sealed, public, not_before, not_after, created_at) VALUES (?,?,?,?,?,?,?)`,
-		v.Kind, v.ID, v.Sealed, v.Public, ns(v.NotBefore), ns(v.NotAfter), ns(v.CreatedAt))
+		v.Kind, v.ID, v.Sealed, v.Public, sqlrow.NS(v.NotBefore), sqlrow.NS(v.NotAfter), sqlrow.NS(v.CreatedAt))
 	if err == nil {
 		k.db.hub.Publish(store.Change{Topic: store.TopicKeys})
 	}
@@ -560,7 +558,7 @@ func (k keys) List(ctx context.Context, kind string) ([]store.Key, error) {
 		if err := rows.Scan(&v.Kind, &v.ID, &v.Sealed, &v.Public, &nb, &na, &created); err != nil {
 			return nil, wrap("list keys", err)
 		}
-		v.NotBefore, v.NotAfter, v.CreatedAt = fromNS(nb), fromNS(na), fromNS(created)
+		v.NotBefore, v.NotAfter, v.CreatedAt = sqlrow.FromNS(nb), sqlrow.FromNS(na), sqlrow.FromNS(created)
 		out = append(out, v)
 	}
 	return out, wrap("list keys", rows.Err())
@@ -582,7 +580,7 @@ func (p policies) Get(ctx context.Context, name string) (store.Policy, error) {
 	var updated int64
 	err := p.db.r.QueryRowContext(ctx, policyByName, name).
 		Scan(&v.Name, &v.Text, &v.Revision, &updated)
-	v.UpdatedAt = fromNS(updated)
+	v.UpdatedAt = sqlrow.FromNS(updated)
 	return v, wrap("get policy", err)
 }
 
@@ -591,7 +589,7 @@ func (p policies) Put(ctx context.Context, name, text string) (store.Policy, err
 	err := p.db.w.QueryRowContext(ctx,
 		`INSERT INTO policies (name, text, revision, updated_at) VALUES (?,?,1,?)
 		 ON CONFLICT (name) DO UPDATE SET text = excluded.text, revision = policies.revision + 1, updated_at = excluded.updated_at
-		 RETURNING revision`, name, text, ns(v.UpdatedAt)).Scan(&v.Revision)
+		 RETURNING revision`, name, text, sqlrow.NS(v.UpdatedAt)).Scan(&v.Revision)
 	if err == nil {
 		p.db.hub.Publish(store.Change{Topic: store.TopicPolicies})
 	}
