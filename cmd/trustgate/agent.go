@@ -4,71 +4,46 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	agentconfig "github.com/trustgate/trustgate/agent/config"
 	"github.com/trustgate/trustgate/agent/runner"
-	"github.com/trustgate/trustgate/config"
-	"github.com/trustgate/trustgate/serve"
-	"github.com/trustgate/trustgate/telemetry"
 )
 
 // defaultAgentSocket is socket_path in the default agent configuration.
 var defaultAgentSocket = agentconfig.Default().SocketPath
 
 func newAgentCmd(g *globalFlags) *cobra.Command {
-	var (
-		configPath   string
-		printDefault bool
-	)
+	var configPath *string
+	var printDefault *bool
+	spec := daemonSpec[agentconfig.Config]{
+		defaultTOML: agentconfig.DefaultTOML(),
+		defaults:    agentconfig.Default(),
+		metricsAddr: func(c agentconfig.Config) string { return c.MetricsAddress },
+		build: func(c agentconfig.Config, log *slog.Logger, reg prometheus.Registerer) (daemon, error) {
+			return runner.New(c, log, reg)
+		},
+	}
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node agent: node attestation, SPIFFE Workload API, NRI identity injection",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if printDefault {
-				_, err := fmt.Fprint(cmd.OutOrStdout(), agentconfig.DefaultTOML())
-				return err
-			}
-			if configPath == "" {
-				return errors.New("give --config FILE (see --print-default-config)")
-			}
-			log, err := g.logger(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			cfg := agentconfig.Default()
-			if err := config.LoadFile(configPath, &cfg); err != nil {
-				return err
-			}
-			reg := telemetry.NewRegistry()
-			a, err := runner.New(cfg, log, reg)
-			if err != nil {
-				return err
-			}
-			grp, ctx := errgroup.WithContext(cmd.Context())
-			if err := serveMetrics(ctx, grp, log, cfg.MetricsAddress, reg, serve.Options{}, a.Ready); err != nil {
-				return err
-			}
-			grp.Go(func() error { return a.Run(ctx) })
-			err = grp.Wait()
-			log.Info("stopped")
-			return err
+			return runDaemon(cmd, g, spec, *configPath, *printDefault)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&configPath, "config", "", "TOML configuration file")
-	f.BoolVar(&printDefault, "print-default-config", false, "print a commented default configuration and exit")
+	configPath, printDefault = daemonFlags(cmd)
 	cmd.AddCommand(newAgentAPICmd(), newAgentHealthcheckCmd())
 	addAgentAdminCommands(cmd, g)
 	return cmd
