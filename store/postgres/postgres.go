@@ -115,7 +115,6 @@ func (db *DB) Keys() store.Keys { return keys{db} }
 // Policies implements store.Store.
 func (db *DB) Policies() store.Policies { return policies{db} }
 
-
 func wrap(op string, err error) error {
 	if err == nil {
 		return nil

@@ -207,7 +207,6 @@ func (db *DB) tx(ctx context.Context, fn func(*tx) error) error {
 	return nil
 }
 
-
 // isUnique reports whether err is a primary-key or unique violation.
 func isUnique(err error) bool {
 	var se *sqlitedrv.Error
