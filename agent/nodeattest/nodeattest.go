@@ -1,9 +1,9 @@
 // Package nodeattest gives the node agent its own X.509-SVID: node
 // attestation with the configured attestor (RCAR through client/kbs), then
 // an SVID for a key made here, kept on disk (0600) so that a restart does
-// not attest again, and renewed at half its lifetime over mTLS with the
-// current SVID. An expired SVID is replaced by a new attestation only when
-// the attestor can prove the node again (a join token cannot).
+// not attest again, and renewed at half its remaining lifetime over mTLS
+// with the current SVID. An expired SVID is replaced by a new attestation
+// only when the attestor can prove the node again (a join token cannot).
 package nodeattest
 
 import (
@@ -68,6 +68,11 @@ type Manager struct {
 
 	mu   sync.RWMutex
 	svid *x509svid.SVID
+	// renewAt is half the SVID's remaining lifetime from when this Manager
+	// got it. Not from NotBefore: the broker backdates that (by a minute,
+	// for clock skew), which for a short TTL lies before the issuance, and
+	// the half-life would then always be past.
+	renewAt time.Time
 }
 
 // New returns a Manager with the SVID found in the data directory, if any
@@ -92,7 +97,7 @@ func New(cfg Config) (*Manager, error) {
 	s, err := x509svid.Load(filepath.Join(cfg.DataDir, CertFile), filepath.Join(cfg.DataDir, KeyFile))
 	switch {
 	case err == nil:
-		m.svid = s
+		m.set(s, time.Now())
 		m.log.Info("agent SVID loaded from disk", "spiffe_id", s.ID.String(), "expires_at", s.Certificates[0].NotAfter)
 	case errors.Is(err, os.ErrNotExist):
 	default:
@@ -116,6 +121,21 @@ func (m *Manager) Current() *x509svid.SVID {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.svid
+}
+
+// set makes s the current SVID, obtained at now.
+func (m *Manager) set(s *x509svid.SVID, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.svid = s
+	m.renewAt = now.Add(s.Certificates[0].NotAfter.Sub(now) / 2)
+}
+
+// due returns the current SVID and when to renew it.
+func (m *Manager) due() (*x509svid.SVID, time.Time) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.svid, m.renewAt
 }
 
 func (m *Manager) valid(now time.Time) bool {
@@ -194,9 +214,7 @@ func (m *Manager) renew(ctx context.Context, hc *http.Client, bearer string) err
 	if err := m.save(s); err != nil {
 		return err
 	}
-	m.mu.Lock()
-	m.svid = s
-	m.mu.Unlock()
+	m.set(s, time.Now())
 	if m.cfg.OnRotate != nil {
 		m.cfg.OnRotate()
 	}
@@ -232,14 +250,14 @@ func writeFile(path string, b []byte) error {
 	return nil
 }
 
-// Run renews the SVID at half its lifetime until ctx ends. When the SVID
+// Run renews the SVID at half its remaining lifetime (counted from when it
+// was obtained) until ctx ends. When the SVID
 // expired (the broker was away too long), it attests again if it can.
 func (m *Manager) Run(ctx context.Context) error {
 	delay := m.cfg.RetryMin
 	for {
-		s := m.Current()
+		s, at := m.due()
 		leaf := s.Certificates[0]
-		at := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 		select {
 		case <-ctx.Done():
 			return nil

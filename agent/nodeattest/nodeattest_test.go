@@ -6,8 +6,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,6 +21,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/trustgate/trustgate/agent/brokerclient"
+	"github.com/trustgate/trustgate/agentapi/wire"
 	"github.com/trustgate/trustgate/client/kbs"
 )
 
@@ -96,5 +101,76 @@ func TestExpiredSVIDReattestsOnlyWhenItCan(t *testing.T) {
 		if got := calls.Load() > 0; got != can {
 			t.Fatalf("canReattest=%v: attester called %d times", can, calls.Load())
 		}
+	}
+}
+
+// svidServer answers POST /agent/v1/svid as the broker does: the CSR's key
+// certified for ttl, with NotBefore backdated a minute. It counts calls.
+func svidServer(t *testing.T, ttl time.Duration, calls *atomic.Int32) *brokerclient.Client {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	id := "spiffe://example.org/spire/agent/join_token/abc"
+	u, _ := url.Parse(id)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		var req wire.SVIDRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		csr, err := x509.ParseCertificateRequest(req.CSR)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		now := time.Now()
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(n) + 1), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(ttl),
+			URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, csr.PublicKey, caKey)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(wire.SVIDResponse{SPIFFEID: id, Chain: [][]byte{der}, ExpiresAt: tmpl.NotAfter.Unix()})
+	}))
+	t.Cleanup(srv.Close)
+	return brokerclient.New(srv.URL, srv.Client())
+}
+
+// An SVID shorter than the broker's one-minute backdating is renewed at
+// half of what remained when it was issued, not in a loop: the half-life
+// counted from NotBefore is already past.
+func TestRenewsAtHalfTheRemainingLifetime(t *testing.T) {
+	var calls atomic.Int32
+	const ttl = 2 * time.Second
+	m, err := New(Config{DataDir: filepath.Join(t.TempDir(), "data"), Broker: svidServer(t, ttl, &calls), RetryMin: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := m.renew(ctx, nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	first := m.Current().Certificates[0].SerialNumber
+	done := make(chan struct{})
+	go func() { defer close(done); _ = m.Run(ctx) }()
+	// Before half-life (1 s): no renewal.
+	time.Sleep(ttl / 4)
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d SVID requests within a quarter of the lifetime, want 1 (the first)", n)
+	}
+	deadline := time.Now().Add(3 * ttl)
+	for m.Current().Certificates[0].SerialNumber.Cmp(first) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("not renewed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if n := calls.Load(); n > 3 {
+		t.Fatalf("%d SVID requests in about one lifetime, want 2 or 3", n)
 	}
 }

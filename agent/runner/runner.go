@@ -116,8 +116,11 @@ func New(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (*Agent
 	if err != nil {
 		return nil, fmt.Errorf("broker TLS: %w", err)
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = mtlsConf
+	tr := newRotatingTransport(func() *http.Transport {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = mtlsConf.Clone()
+		return t
+	})
 	broker := brokerclient.New(cfg.BrokerURL, &http.Client{Transport: tr})
 
 	c, err := cache.New(cache.Config{Issuer: broker, Logger: log.With("component", "cache")})
@@ -131,7 +134,7 @@ func New(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (*Agent
 		Logger: log.With("component", "nodeattest"),
 		OnRotate: func() {
 			m.rotations.Inc()
-			tr.CloseIdleConnections() // the next calls present the new SVID
+			tr.Rotate() // the next calls present the new SVID
 		},
 	})
 	if err != nil {
