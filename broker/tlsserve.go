@@ -49,6 +49,7 @@ type servingTLS struct {
 	dns        []string
 	ips        []net.IP
 	ttl        time.Duration
+	renewAt    atomic.Int64 // Unix ns: half the issued certificate's remaining life
 	bundleFile string
 	bundlePEM  []byte
 	clientSVID bool
@@ -172,15 +173,11 @@ func (t *servingTLS) reloadFiles() error {
 	return nil
 }
 
-// due reports whether the CA-issued certificate is half-way through its
-// life.
+// due reports whether the CA-issued certificate is half-way through the
+// life it had when issued. Not counted from NotBefore: the CA backdates
+// that by a minute, which for a short cert_ttl makes every check due.
 func (t *servingTLS) due() bool {
-	c := t.cert.Load()
-	if c == nil || c.Leaf == nil {
-		return true
-	}
-	half := c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
-	return !t.now().Before(half)
+	return t.cert.Load() == nil || !t.now().Before(time.Unix(0, t.renewAt.Load()))
 }
 
 // issue makes a new key and has the CA sign a serving certificate for it.
@@ -197,6 +194,8 @@ func (t *servingTLS) issue(ctx context.Context) error {
 	for _, cert := range chain {
 		c.Certificate = append(c.Certificate, cert.Raw)
 	}
+	now := t.now()
+	t.renewAt.Store(now.Add(chain[0].NotAfter.Sub(now) / 2).UnixNano())
 	t.cert.Store(c)
 	t.log.Info("serving certificate issued", "spiffe_id", t.id.String(), "dns", t.dns, "not_after", chain[0].NotAfter)
 	return nil
