@@ -19,17 +19,12 @@ import (
 // at every check: counted from NotBefore, its half-life is already past.
 func TestServingCertificateDueAtHalfItsIssuedLife(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := sqlite.Open(ctx, filepath.Join(dir, "trustgate.db"), sqlite.Options{})
+	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "trustgate.db"), sqlite.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	sealPath := filepath.Join(dir, "seal.key")
-	if err := seal.GenerateKeyFile(sealPath); err != nil {
-		t.Fatal(err)
-	}
-	sealer, err := seal.LoadKeyFile(sealPath)
+	sealer, err := seal.New(make([]byte, seal.KeySize))
 	if err != nil {
 		t.Fatal(err)
 	}
