@@ -419,6 +419,28 @@ func TestAgentAPIEvictedCannotReattest(t *testing.T) {
 	}
 }
 
+// TestAgentAPIAttestationTokenSpentOnOneKey: the attestation token gets
+// an agent SVID for one key only. The agent may retry with its key (a lost
+// answer); a replay with another key is refused, and leaves the agent's
+// SVID in force.
+func TestAgentAPIAttestationTokenSpentOnOneKey(t *testing.T) {
+	e := newAgentEnv(t)
+	a := e.attestAgent(t)
+	var out wire.SVIDResponse
+	if st, body := e.call(t, nil, "POST", wire.PathSVID, a.token, wire.SVIDRequest{CSR: csrFor(t, a.key, "")}, &out); st != 200 {
+		t.Fatalf("retry with the agent's key: %d %s", st, body)
+	}
+	chain := parseChain(t, out.Chain)
+	a.svid = &x509svid.SVID{ID: a.svid.ID, Certificates: chain, PrivateKey: a.key}
+	thief, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if st, body := e.call(t, nil, "POST", wire.PathSVID, a.token, wire.SVIDRequest{CSR: csrFor(t, thief, "")}, nil); st != 401 || !strings.Contains(body, "already spent") {
+		t.Fatalf("replay with another key: %d %s, want 401", st, body)
+	}
+	if _, st, body := e.entries(t, a, ""); st != 200 {
+		t.Fatalf("the agent after the refused replay: %d %s", st, body)
+	}
+}
+
 // TestAgentAPINodeAlias: an agent attested with selectors (the sample
 // TEE's sample:svn:1) is authorized for the entries under a node alias whose
 // selectors it has, not under one whose selectors it lacks.

@@ -272,7 +272,8 @@ func (s *Server) mountAgentAPI(sp *svid.Plugin) error {
 			if f != nil {
 				return agentapi.Attestation{}, errors.New(f.detail)
 			}
-			return agentapi.Attestation{SPIFFEID: e.caller.SPIFFEID, Selectors: e.caller.Selectors, TEE: e.caller.TEE}, nil
+			return agentapi.Attestation{SPIFFEID: e.caller.SPIFFEID, Selectors: e.caller.Selectors, TEE: e.caller.TEE,
+				TokenID: e.tokenID, ExpiresAt: e.expiry}, nil
 		}})
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
@@ -377,18 +378,27 @@ func (s *Server) Run(ctx context.Context) {
 	}
 }
 
-// sweep deletes expired sessions, bounded in time so that a stuck store
+// sweep deletes expired sessions and spent tokens, bounded in time so that a stuck store
 // cannot pile up sweeps.
 func (s *Server) sweep(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, s.opts.SweepInterval)
 	defer cancel()
-	n, err := s.store.Sessions().DeleteExpired(sctx, s.now())
+	now := s.now()
+	n, err := s.store.Sessions().DeleteExpired(sctx, now)
 	if err != nil {
 		s.log.Error("sweep expired sessions", "err", err)
 		return
 	}
 	if n > 0 {
 		s.log.Debug("swept expired sessions", "count", n)
+	}
+	n, err = s.store.Agents().DeleteSpentTokens(sctx, now)
+	if err != nil {
+		s.log.Error("sweep expired spent tokens", "err", err)
+		return
+	}
+	if n > 0 {
+		s.log.Debug("swept expired spent tokens", "count", n)
 	}
 }
 

@@ -62,6 +62,8 @@ type callerEntry struct {
 	teeKeyErr error
 	notBefore time.Time
 	expiry    time.Time
+	// tokenID is the token's "jti".
+	tokenID string
 	// access is what a scoped token grants.
 	access []auth.Scope
 }
@@ -274,7 +276,8 @@ func (s *Server) brokerEntry(std jwt.Claims, c brokerClaims) (*callerEntry, erro
 			TEE: att.TEE, TCB: att.TCB, TEEPubKey: att.TEEPubKey},
 		claims: policy.Claims{Subject: std.Subject, SPIFFEID: att.SPIFFEID, Selectors: att.Selectors, Aliases: att.Aliases,
 			TEE: att.TEE, TCB: att.TCB},
-		expiry: std.Expiry.Time(),
+		expiry:  std.Expiry.Time(),
+		tokenID: std.ID,
 	}
 	switch {
 	case len(std.Audience) == 0 && c.Access == nil:

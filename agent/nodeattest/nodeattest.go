@@ -186,18 +186,50 @@ func (m *Manager) attest(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("attestation: %w", err)
 	}
-	if err := m.renew(ctx, m.cfg.Bootstrap, tok); err != nil {
+	if err := m.firstSVID(ctx, tok); err != nil {
 		return err
 	}
 	m.log.Info("node attested", "spiffe_id", m.Current().ID.String())
 	return nil
 }
 
-// renew gets a new SVID for a new key; bearer empty means mTLS.
-func (m *Manager) renew(ctx context.Context, hc *http.Client, bearer string) error {
+// firstSVID gets the first SVID with the attestation token tok. The broker
+// spends the token on the first key it certifies, so a failure short of a
+// refusal (a lost answer) is retried with the same key: a new attestation
+// could not replace a consumed join token.
+func (m *Manager) firstSVID(ctx context.Context, tok string) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
+	}
+	delay := m.cfg.RetryMin
+	for try := 1; ; try++ {
+		err = m.renew(ctx, m.cfg.Bootstrap, tok, key)
+		if err == nil || brokerclient.IsDenied(err) || try == firstSVIDTries {
+			return err
+		}
+		m.log.Warn("first agent SVID failed; retrying with the same token and key", "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, m.cfg.RetryMax)
+	}
+}
+
+// firstSVIDTries bounds the tries of the first SVID request with one
+// attestation token.
+const firstSVIDTries = 4
+
+// renew gets a new SVID for key, or for a new key when key is nil; bearer
+// empty means mTLS.
+func (m *Manager) renew(ctx context.Context, hc *http.Client, bearer string, key *ecdsa.PrivateKey) error {
+	if key == nil {
+		var err error
+		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			return err
+		}
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
@@ -265,7 +297,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		var err error
 		if time.Now().Before(leaf.NotAfter) {
-			err = m.renew(ctx, nil, "")
+			err = m.renew(ctx, nil, "", nil)
 		} else if m.cfg.CanReattest {
 			err = m.attest(ctx)
 		} else {

@@ -1,6 +1,7 @@
 package nodeattest
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -14,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -104,16 +106,27 @@ func TestExpiredSVIDReattestsOnlyWhenItCan(t *testing.T) {
 	}
 }
 
-// svidServer answers POST /agent/v1/svid as the broker does: the CSR's key
-// certified for ttl, with NotBefore backdated a minute. It counts calls.
-func svidServer(t *testing.T, ttl time.Duration, calls *atomic.Int32) *brokerclient.Client {
+// svidStub answers POST /agent/v1/svid as the broker does: the CSR's key
+// certified for ttl, with NotBefore backdated a minute. It counts calls,
+// records each CSR's key, and drops the connection instead of answering
+// the first lose requests (a lost answer).
+type svidStub struct {
+	ttl   time.Duration
+	lose  int32
+	calls atomic.Int32
+	mu    sync.Mutex
+	keys  [][]byte
+}
+
+// client serves the stub and returns a broker client for it.
+func (st *svidStub) client(t *testing.T) *brokerclient.Client {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	ca := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	id := "spiffe://example.org/spire/agent/join_token/abc"
 	u, _ := url.Parse(id)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := calls.Add(1)
+		n := st.calls.Add(1)
 		var req wire.SVIDRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -124,8 +137,16 @@ func svidServer(t *testing.T, ttl time.Duration, calls *atomic.Int32) *brokercli
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		st.mu.Lock()
+		st.keys = append(st.keys, csr.RawSubjectPublicKeyInfo)
+		st.mu.Unlock()
+		if n <= st.lose {
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			conn.Close()
+			return
+		}
 		now := time.Now()
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(n) + 1), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(ttl),
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(n) + 1), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(st.ttl),
 			URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, csr.PublicKey, caKey)
 		if err != nil {
@@ -138,19 +159,42 @@ func svidServer(t *testing.T, ttl time.Duration, calls *atomic.Int32) *brokercli
 	return brokerclient.New(srv.URL, srv.Client())
 }
 
+// A first SVID whose answer was lost is asked for again with the same
+// attestation token and the same key, which the broker accepts (it spends
+// a token on one key); a new key would be refused.
+func TestFirstSVIDRetriesWithTheSameKey(t *testing.T) {
+	st := &svidStub{ttl: time.Hour, lose: 2}
+	m, err := New(Config{DataDir: filepath.Join(t.TempDir(), "data"), Broker: st.client(t), Bootstrap: http.DefaultClient, RetryMin: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.firstSVID(context.Background(), "token"); err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.keys) != 3 || !bytes.Equal(st.keys[0], st.keys[1]) || !bytes.Equal(st.keys[1], st.keys[2]) {
+		t.Fatalf("%d requests, want 3 for one key", len(st.keys))
+	}
+	if s := m.Current(); s == nil || !bytes.Equal(s.Certificates[0].RawSubjectPublicKeyInfo, st.keys[0]) {
+		t.Fatal("the SVID is not for the key asked for")
+	}
+}
+
 // An SVID shorter than the broker's one-minute backdating is renewed at
 // half of what remained when it was issued, not in a loop: the half-life
 // counted from NotBefore is already past.
 func TestRenewsAtHalfTheRemainingLifetime(t *testing.T) {
-	var calls atomic.Int32
 	const ttl = 2 * time.Second
-	m, err := New(Config{DataDir: filepath.Join(t.TempDir(), "data"), Broker: svidServer(t, ttl, &calls), RetryMin: 10 * time.Millisecond})
+	st := &svidStub{ttl: ttl}
+	calls := &st.calls
+	m, err := New(Config{DataDir: filepath.Join(t.TempDir(), "data"), Broker: st.client(t), RetryMin: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := m.renew(ctx, nil, ""); err != nil {
+	if err := m.renew(ctx, nil, "", nil); err != nil {
 		t.Fatal(err)
 	}
 	first := m.Current().Certificates[0].SerialNumber

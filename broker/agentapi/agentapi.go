@@ -43,6 +43,10 @@ type Attestation struct {
 	Selectors []string
 	// TEE is the attestor that verified the evidence, e.g. "join_token".
 	TEE string
+	// TokenID is the token's "jti", and ExpiresAt its expiry: the first
+	// agent SVID spends the token on one key (store.Agents.SpendToken).
+	TokenID   string
+	ExpiresAt time.Time
 }
 
 // Options assemble an API.

@@ -1,7 +1,9 @@
 package agentapi
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -96,6 +98,23 @@ func (a *API) serveSVID(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, r, err)
 			return
 		}
+		// The token is good for one key: a replay (a token read from a
+		// log, say) with another key gets nothing, while the agent may
+		// retry with its own key after a lost answer.
+		if att.TokenID == "" {
+			a.fail(w, r, problem(http.StatusUnauthorized, "attestation token has no jti"))
+			return
+		}
+		err = a.store.Agents().SpendToken(ctx, att.TokenID, keyDigest(csr), att.ExpiresAt)
+		if errors.Is(err, store.ErrConsumed) {
+			a.log.Warn("attestation token replayed with another key", "spiffe_id", id.String(), "peer", r.RemoteAddr)
+			a.fail(w, r, problem(http.StatusUnauthorized, "attestation token was already spent on another key: attest again"))
+			return
+		}
+		if err != nil {
+			a.fail(w, r, fmt.Errorf("spend attestation token: %w", err))
+			return
+		}
 		if cur, err := a.store.Agents().Get(ctx, id.String()); err == nil && cur.Evicted {
 			a.fail(w, r, problem(http.StatusForbidden, "agent %s is evicted", id))
 			return
@@ -167,6 +186,13 @@ func parseCSR(der []byte) (*x509.CertificateRequest, error) {
 		return nil, problem(http.StatusBadRequest, "%v", err)
 	}
 	return csr, nil
+}
+
+// keyDigest names a CSR's public key: the SHA-256 of its
+// SubjectPublicKeyInfo, hex.
+func keyDigest(csr *x509.CertificateRequest) string {
+	sum := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:])
 }
 
 // checkCSRID refuses a CSR whose URI SAN names another ID than the entry.

@@ -33,6 +33,10 @@ WHERE spiffe_id = $4 AND NOT evicted AND (serial = $5 OR prev_serial = $5)`
 	agentByID     = `SELECT ` + agentCols + ` FROM agents WHERE spiffe_id = $1`
 	evictAgent    = `UPDATE agents SET evicted = true, updated_at = $1 WHERE spiffe_id = $2`
 	entryRevision = `SELECT value FROM revisions WHERE name = 'entries'`
+	spendToken    = `INSERT INTO spent_tokens (token_id, key_digest, expires_at) VALUES ($1,$2,$3)
+ON CONFLICT (token_id) DO UPDATE SET expires_at = excluded.expires_at WHERE spent_tokens.key_digest = excluded.key_digest
+RETURNING 1`
+	deleteSpentTokens = `DELETE FROM spent_tokens WHERE expires_at < $1`
 )
 
 func (a agents) Attest(ctx context.Context, v store.Agent) (store.Agent, error) {
@@ -102,6 +106,23 @@ func (a agents) List(ctx context.Context) ([]store.Agent, error) {
 func (a agents) Evict(ctx context.Context, id string, now time.Time) error {
 	tag, err := a.db.pool.Exec(ctx, evictAgent, sqlrow.NS(now), id)
 	return affectedOne("evict agent", tag, err)
+}
+
+func (a agents) SpendToken(ctx context.Context, tokenID, keyDigest string, expiresAt time.Time) error {
+	var one int
+	err := a.db.pool.QueryRow(ctx, spendToken, tokenID, keyDigest, sqlrow.NS(expiresAt)).Scan(&one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("postgres: spend token %s: spent on another key: %w", tokenID, store.ErrConsumed)
+	}
+	return wrap("spend token", err)
+}
+
+func (a agents) DeleteSpentTokens(ctx context.Context, now time.Time) (int, error) {
+	tag, err := a.db.pool.Exec(ctx, deleteSpentTokens, sqlrow.NS(now))
+	if err != nil {
+		return 0, wrap("delete spent tokens", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 func (e entries) Revision(ctx context.Context) (int64, error) {

@@ -32,6 +32,8 @@ var hotQueries = []struct {
 	{"renew agent", renewAgent, []any{"2", int64(0), int64(0), "spiffe://td/spire/agent/a", "1"}},
 	{"agent by id", agentByID, []any{"spiffe://td/spire/agent/a"}},
 	{"evict agent", evictAgent, []any{int64(0), "spiffe://td/spire/agent/a"}},
+	{"spend token", spendToken, []any{"t", "k", int64(0)}},
+	{"delete spent tokens", deleteSpentTokens, []any{int64(0)}},
 	{"entries revision", entryRevision, nil},
 	{"policy by name", policyByName, []any{"resource"}},
 }

@@ -32,6 +32,10 @@ WHERE spiffe_id = ? AND evicted = 0 AND (serial = ? OR prev_serial = ?)`
 	agentByID     = `SELECT ` + agentCols + ` FROM agents WHERE spiffe_id = ?`
 	evictAgent    = `UPDATE agents SET evicted = 1, updated_at = ? WHERE spiffe_id = ?`
 	entryRevision = `SELECT value FROM revisions WHERE name = 'entries'`
+	spendToken    = `INSERT INTO spent_tokens (token_id, key_digest, expires_at) VALUES (?,?,?)
+ON CONFLICT (token_id) DO UPDATE SET expires_at = excluded.expires_at WHERE spent_tokens.key_digest = excluded.key_digest
+RETURNING 1`
+	deleteSpentTokens = `DELETE FROM spent_tokens WHERE expires_at < ?`
 )
 
 func (a agents) Attest(ctx context.Context, v store.Agent) (store.Agent, error) {
@@ -102,6 +106,24 @@ func (a agents) Evict(ctx context.Context, id string, now time.Time) error {
 		return wrap("evict agent", err)
 	}
 	return affectedOne("evict agent", res)
+}
+
+func (a agents) SpendToken(ctx context.Context, tokenID, keyDigest string, expiresAt time.Time) error {
+	var one int
+	err := a.db.w.QueryRowContext(ctx, spendToken, tokenID, keyDigest, sqlrow.NS(expiresAt)).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("sqlite: spend token %s: spent on another key: %w", tokenID, store.ErrConsumed)
+	}
+	return wrap("spend token", err)
+}
+
+func (a agents) DeleteSpentTokens(ctx context.Context, now time.Time) (int, error) {
+	res, err := a.db.w.ExecContext(ctx, deleteSpentTokens, sqlrow.NS(now))
+	if err != nil {
+		return 0, wrap("delete spent tokens", err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), wrap("delete spent tokens", err)
 }
 
 func (e entries) Revision(ctx context.Context) (int64, error) {

@@ -33,6 +33,7 @@ func Run(t *testing.T, open Open) {
 		{"EntriesRevision", testEntriesRevision},
 		{"Agents", testAgents},
 		{"AgentRenewUnderConcurrency", testAgentRenewConcurrency},
+		{"SpentTokens", testSpentTokens},
 		{"Resources", testResources},
 		{"Keys", testKeys},
 		{"Policies", testPolicies},
@@ -514,6 +515,54 @@ func testAgents(t *testing.T, s store.Store) {
 	}
 	if got, _ := as.Get(ctx, id); !got.Evicted || got.SerialNumber != "400" {
 		t.Fatalf("an evicted agent's record changed: %+v", got)
+	}
+}
+
+// testSpentTokens checks that an attestation token is spent on one key:
+// the same key again succeeds (a retry), another key is refused, also when
+// keys race for a fresh token; and that expired tokens are forgotten.
+func testSpentTokens(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	as := s.Agents()
+	if err := as.SpendToken(ctx, "jti-1", "key-a", t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := as.SpendToken(ctx, "jti-1", "key-a", t0.Add(time.Minute)); err != nil {
+		t.Fatalf("the same key again: %v", err)
+	}
+	if err := as.SpendToken(ctx, "jti-1", "key-b", t0.Add(time.Minute)); !errors.Is(err, store.ErrConsumed) {
+		t.Fatalf("another key: %v, want ErrConsumed", err)
+	}
+	if err := as.SpendToken(ctx, "jti-2", "key-b", t0.Add(time.Hour)); err != nil {
+		t.Fatalf("another token: %v", err)
+	}
+	const n = 8
+	var wg sync.WaitGroup
+	var wins atomic.Int32
+	for i := range n {
+		wg.Go(func() {
+			err := as.SpendToken(ctx, "jti-race", fmt.Sprint("key-", i), t0.Add(time.Minute))
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case !errors.Is(err, store.ErrConsumed):
+				t.Errorf("spend %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d keys got the same token, want 1", wins.Load())
+	}
+	// jti-1 and jti-race expire at t0+1m, jti-2 at t0+1h.
+	if n, err := as.DeleteSpentTokens(ctx, t0.Add(time.Minute)); err != nil || n != 0 {
+		t.Fatalf("delete at expiry: %d %v, want 0 (still presentable)", n, err)
+	}
+	if n, err := as.DeleteSpentTokens(ctx, t0.Add(2*time.Minute)); err != nil || n != 2 {
+		t.Fatalf("delete expired: %d %v, want 2", n, err)
+	}
+	if err := as.SpendToken(ctx, "jti-2", "key-c", t0.Add(time.Hour)); !errors.Is(err, store.ErrConsumed) {
+		t.Fatalf("a live token was forgotten: %v", err)
 	}
 }
 
