@@ -288,11 +288,14 @@ type Agents interface {
 	// Evict marks the agent evicted, or returns ErrNotFound.
 	Evict(ctx context.Context, id string, now time.Time) error
 	// SpendToken atomically records that the attestation token tokenID
-	// (its "jti"), valid until expiresAt, got an agent SVID for the key
-	// whose digest is keyDigest. It returns ErrConsumed when the token was
-	// spent on another key: a replayed token. The same key again is the
-	// agent retrying after a lost answer, and succeeds.
-	SpendToken(ctx context.Context, tokenID, keyDigest string, expiresAt time.Time) error
+	// (its "jti"), valid until expiresAt, is spent on the key whose digest
+	// is keyDigest. It returns ErrConsumed when the token was spent on
+	// another key: a replay. Spent on the same key, it returns the answer
+	// that TokenAnswered recorded (nil before that): the agent retrying
+	// after a lost answer gets it again, and a replay changes nothing.
+	SpendToken(ctx context.Context, tokenID, keyDigest string, expiresAt time.Time) ([]byte, error)
+	// TokenAnswered records the answer given for a spent token.
+	TokenAnswered(ctx context.Context, tokenID string, answer []byte) error
 	// DeleteSpentTokens forgets the spent tokens that expired before now
 	// (they can no longer be presented), and returns how many.
 	DeleteSpentTokens(ctx context.Context, now time.Time) (int, error)

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -88,55 +89,7 @@ func (a *API) serveSVID(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	if raw, ok := bearer(r); ok {
-		att, err := a.opts.VerifyAttestation(raw)
-		if err != nil {
-			a.fail(w, r, problem(http.StatusUnauthorized, "attestation token: %v", err))
-			return
-		}
-		id, err := a.agentID(att)
-		if err != nil {
-			a.fail(w, r, err)
-			return
-		}
-		// The token is good for one key: a replay (a token read from a
-		// log, say) with another key gets nothing, while the agent may
-		// retry with its own key after a lost answer.
-		if att.TokenID == "" {
-			a.fail(w, r, problem(http.StatusUnauthorized, "attestation token has no jti"))
-			return
-		}
-		err = a.store.Agents().SpendToken(ctx, att.TokenID, keyDigest(csr), att.ExpiresAt)
-		if errors.Is(err, store.ErrConsumed) {
-			a.log.Warn("attestation token replayed with another key", "spiffe_id", id.String(), "peer", r.RemoteAddr)
-			a.fail(w, r, problem(http.StatusUnauthorized, "attestation token was already spent on another key: attest again"))
-			return
-		}
-		if err != nil {
-			a.fail(w, r, fmt.Errorf("spend attestation token: %w", err))
-			return
-		}
-		if cur, err := a.store.Agents().Get(ctx, id.String()); err == nil && cur.Evicted {
-			a.fail(w, r, problem(http.StatusForbidden, "agent %s is evicted", id))
-			return
-		}
-		chain, err := a.svid.SignX509(ctx, csr, id, 0, nil)
-		if err != nil {
-			a.fail(w, r, err)
-			return
-		}
-		now := a.now()
-		_, err = a.store.Agents().Attest(ctx, store.Agent{SPIFFEID: id.String(), Attestor: att.TEE, Selectors: selectorsOf(att.Selectors),
-			SerialNumber: chain[0].SerialNumber.String(), ExpiresAt: chain[0].NotAfter, CreatedAt: now, UpdatedAt: now})
-		if errors.Is(err, store.ErrEvicted) {
-			a.fail(w, r, problem(http.StatusForbidden, "agent %s is evicted", id))
-			return
-		}
-		if err != nil {
-			a.fail(w, r, fmt.Errorf("record agent %s: %w", id, err))
-			return
-		}
-		a.log.Info("agent attested", "spiffe_id", id.String(), "attestor", att.TEE, "serial", chain[0].SerialNumber.String())
-		writeJSON(w, wire.SVIDResponse{SPIFFEID: id.String(), Chain: ders(chain), ExpiresAt: chain[0].NotAfter.Unix()})
+		a.serveFirstSVID(w, r, csr, raw)
 		return
 	}
 	ag, leaf, err := a.authAgent(r)
@@ -163,6 +116,75 @@ func (a *API) serveSVID(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, wire.SVIDResponse{SPIFFEID: id.String(), Chain: ders(chain), ExpiresAt: chain[0].NotAfter.Unix()})
+}
+
+// serveFirstSVID answers POST /agent/v1/svid with an attestation token
+// (raw): the agent's first SVID, for csr's key.
+func (a *API) serveFirstSVID(w http.ResponseWriter, r *http.Request, csr *x509.CertificateRequest, raw string) {
+	ctx := r.Context()
+	att, err := a.opts.VerifyAttestation(raw)
+	if err != nil {
+		a.fail(w, r, problem(http.StatusUnauthorized, "attestation token: %v", err))
+		return
+	}
+	id, err := a.agentID(att)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	// The token is spent on one key and answered once: a replay (a
+	// token read from a log, say) with another key gets nothing, and
+	// the same request again, the agent retrying after a lost answer,
+	// gets the same SVID without changing the agent's record.
+	if att.TokenID == "" {
+		a.fail(w, r, problem(http.StatusUnauthorized, "attestation token has no jti"))
+		return
+	}
+	answer, err := a.store.Agents().SpendToken(ctx, att.TokenID, keyDigest(csr), att.ExpiresAt)
+	if errors.Is(err, store.ErrConsumed) {
+		a.log.Warn("attestation token replayed with another key", "spiffe_id", id.String(), "peer", r.RemoteAddr)
+		a.fail(w, r, problem(http.StatusUnauthorized, "attestation token was already spent on another key: attest again"))
+		return
+	}
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("spend attestation token: %w", err))
+		return
+	}
+	if cur, err := a.store.Agents().Get(ctx, id.String()); err == nil && cur.Evicted {
+		a.fail(w, r, problem(http.StatusForbidden, "agent %s is evicted", id))
+		return
+	}
+	if answer != nil {
+		writeJSON(w, json.RawMessage(answer))
+		return
+	}
+	chain, err := a.svid.SignX509(ctx, csr, id, 0, nil)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	now := a.now()
+	_, err = a.store.Agents().Attest(ctx, store.Agent{SPIFFEID: id.String(), Attestor: att.TEE, Selectors: selectorsOf(att.Selectors),
+		SerialNumber: chain[0].SerialNumber.String(), ExpiresAt: chain[0].NotAfter, CreatedAt: now, UpdatedAt: now})
+	if errors.Is(err, store.ErrEvicted) {
+		a.fail(w, r, problem(http.StatusForbidden, "agent %s is evicted", id))
+		return
+	}
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("record agent %s: %w", id, err))
+		return
+	}
+	out, err := json.Marshal(wire.SVIDResponse{SPIFFEID: id.String(), Chain: ders(chain), ExpiresAt: chain[0].NotAfter.Unix()})
+	if err != nil {
+		a.fail(w, r, fmt.Errorf("encode the agent SVID: %w", err))
+		return
+	}
+	if err := a.store.Agents().TokenAnswered(ctx, att.TokenID, out); err != nil {
+		a.fail(w, r, fmt.Errorf("record the answer to token of %s: %w", id, err))
+		return
+	}
+	a.log.Info("agent attested", "spiffe_id", id.String(), "attestor", att.TEE, "serial", chain[0].SerialNumber.String())
+	writeJSON(w, json.RawMessage(out))
 }
 
 // bearer returns the Authorization: Bearer credential, if any.

@@ -35,7 +35,8 @@ WHERE spiffe_id = $4 AND NOT evicted AND (serial = $5 OR prev_serial = $5)`
 	entryRevision = `SELECT value FROM revisions WHERE name = 'entries'`
 	spendToken    = `INSERT INTO spent_tokens (token_id, key_digest, expires_at) VALUES ($1,$2,$3)
 ON CONFLICT (token_id) DO UPDATE SET expires_at = excluded.expires_at WHERE spent_tokens.key_digest = excluded.key_digest
-RETURNING 1`
+RETURNING answer`
+	tokenAnswered     = `UPDATE spent_tokens SET answer = $1 WHERE token_id = $2`
 	deleteSpentTokens = `DELETE FROM spent_tokens WHERE expires_at < $1`
 )
 
@@ -108,13 +109,24 @@ func (a agents) Evict(ctx context.Context, id string, now time.Time) error {
 	return affectedOne("evict agent", tag, err)
 }
 
-func (a agents) SpendToken(ctx context.Context, tokenID, keyDigest string, expiresAt time.Time) error {
-	var one int
-	err := a.db.pool.QueryRow(ctx, spendToken, tokenID, keyDigest, sqlrow.NS(expiresAt)).Scan(&one)
+func (a agents) SpendToken(ctx context.Context, tokenID, keyDigest string, expiresAt time.Time) ([]byte, error) {
+	var answer []byte
+	err := a.db.pool.QueryRow(ctx, spendToken, tokenID, keyDigest, sqlrow.NS(expiresAt)).Scan(&answer)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("postgres: spend token %s: spent on another key: %w", tokenID, store.ErrConsumed)
+		return nil, fmt.Errorf("postgres: spend token %s: spent on another key: %w", tokenID, store.ErrConsumed)
 	}
-	return wrap("spend token", err)
+	if err != nil {
+		return nil, wrap("spend token", err)
+	}
+	if len(answer) == 0 {
+		return nil, nil
+	}
+	return answer, nil
+}
+
+func (a agents) TokenAnswered(ctx context.Context, tokenID string, answer []byte) error {
+	tag, err := a.db.pool.Exec(ctx, tokenAnswered, answer, tokenID)
+	return affectedOne("token answered", tag, err)
 }
 
 func (a agents) DeleteSpentTokens(ctx context.Context, now time.Time) (int, error) {

@@ -34,7 +34,8 @@ WHERE spiffe_id = ? AND evicted = 0 AND (serial = ? OR prev_serial = ?)`
 	entryRevision = `SELECT value FROM revisions WHERE name = 'entries'`
 	spendToken    = `INSERT INTO spent_tokens (token_id, key_digest, expires_at) VALUES (?,?,?)
 ON CONFLICT (token_id) DO UPDATE SET expires_at = excluded.expires_at WHERE spent_tokens.key_digest = excluded.key_digest
-RETURNING 1`
+RETURNING answer`
+	tokenAnswered     = `UPDATE spent_tokens SET answer = ? WHERE token_id = ?`
 	deleteSpentTokens = `DELETE FROM spent_tokens WHERE expires_at < ?`
 )
 
@@ -108,13 +109,27 @@ func (a agents) Evict(ctx context.Context, id string, now time.Time) error {
 	return affectedOne("evict agent", res)
 }
 
-func (a agents) SpendToken(ctx context.Context, tokenID, keyDigest string, expiresAt time.Time) error {
-	var one int
-	err := a.db.w.QueryRowContext(ctx, spendToken, tokenID, keyDigest, sqlrow.NS(expiresAt)).Scan(&one)
+func (a agents) SpendToken(ctx context.Context, tokenID, keyDigest string, expiresAt time.Time) ([]byte, error) {
+	var answer []byte
+	err := a.db.w.QueryRowContext(ctx, spendToken, tokenID, keyDigest, sqlrow.NS(expiresAt)).Scan(&answer)
 	if errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("sqlite: spend token %s: spent on another key: %w", tokenID, store.ErrConsumed)
+		return nil, fmt.Errorf("sqlite: spend token %s: spent on another key: %w", tokenID, store.ErrConsumed)
 	}
-	return wrap("spend token", err)
+	if err != nil {
+		return nil, wrap("spend token", err)
+	}
+	if len(answer) == 0 {
+		return nil, nil
+	}
+	return answer, nil
+}
+
+func (a agents) TokenAnswered(ctx context.Context, tokenID string, answer []byte) error {
+	res, err := a.db.w.ExecContext(ctx, tokenAnswered, answer, tokenID)
+	if err != nil {
+		return wrap("token answered", err)
+	}
+	return affectedOne("token answered", res)
 }
 
 func (a agents) DeleteSpentTokens(ctx context.Context, now time.Time) (int, error) {

@@ -33,6 +33,7 @@ var hotQueries = []struct {
 	{"agent by id", agentByID, []any{"spiffe://td/spire/agent/a"}},
 	{"evict agent", evictAgent, []any{int64(0), "spiffe://td/spire/agent/a"}},
 	{"spend token", spendToken, []any{"t", "k", int64(0)}},
+	{"token answered", tokenAnswered, []any{[]byte("a"), "t"}},
 	{"delete spent tokens", deleteSpentTokens, []any{int64(0)}},
 	{"entries revision", entryRevision, nil},
 	{"policy by name", policyByName, []any{"resource"}},

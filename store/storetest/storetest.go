@@ -519,21 +519,31 @@ func testAgents(t *testing.T, s store.Store) {
 }
 
 // testSpentTokens checks that an attestation token is spent on one key:
-// the same key again succeeds (a retry), another key is refused, also when
-// keys race for a fresh token; and that expired tokens are forgotten.
+// the same key again gets the recorded answer (a retry), another key is
+// refused, also when keys race for a fresh token; and that expired tokens
+// are forgotten.
 func testSpentTokens(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	as := s.Agents()
-	if err := as.SpendToken(ctx, "jti-1", "key-a", t0.Add(time.Minute)); err != nil {
+	if ans, err := as.SpendToken(ctx, "jti-1", "key-a", t0.Add(time.Minute)); err != nil || ans != nil {
+		t.Fatalf("first spend: %q %v", ans, err)
+	}
+	if ans, err := as.SpendToken(ctx, "jti-1", "key-a", t0.Add(time.Minute)); err != nil || ans != nil {
+		t.Fatalf("the same key before an answer: %q %v", ans, err)
+	}
+	if err := as.TokenAnswered(ctx, "jti-1", []byte(`{"chain":1}`)); err != nil {
 		t.Fatal(err)
 	}
-	if err := as.SpendToken(ctx, "jti-1", "key-a", t0.Add(time.Minute)); err != nil {
-		t.Fatalf("the same key again: %v", err)
+	if ans, err := as.SpendToken(ctx, "jti-1", "key-a", t0.Add(time.Minute)); err != nil || string(ans) != `{"chain":1}` {
+		t.Fatalf("the same key after the answer: %q %v", ans, err)
 	}
-	if err := as.SpendToken(ctx, "jti-1", "key-b", t0.Add(time.Minute)); !errors.Is(err, store.ErrConsumed) {
+	if _, err := as.SpendToken(ctx, "jti-1", "key-b", t0.Add(time.Minute)); !errors.Is(err, store.ErrConsumed) {
 		t.Fatalf("another key: %v, want ErrConsumed", err)
 	}
-	if err := as.SpendToken(ctx, "jti-2", "key-b", t0.Add(time.Hour)); err != nil {
+	if err := as.TokenAnswered(ctx, "jti-none", []byte("x")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("answer of an unspent token: %v, want ErrNotFound", err)
+	}
+	if _, err := as.SpendToken(ctx, "jti-2", "key-b", t0.Add(time.Hour)); err != nil {
 		t.Fatalf("another token: %v", err)
 	}
 	const n = 8
@@ -541,7 +551,7 @@ func testSpentTokens(t *testing.T, s store.Store) {
 	var wins atomic.Int32
 	for i := range n {
 		wg.Go(func() {
-			err := as.SpendToken(ctx, "jti-race", fmt.Sprint("key-", i), t0.Add(time.Minute))
+			_, err := as.SpendToken(ctx, "jti-race", fmt.Sprint("key-", i), t0.Add(time.Minute))
 			switch {
 			case err == nil:
 				wins.Add(1)
@@ -561,7 +571,7 @@ func testSpentTokens(t *testing.T, s store.Store) {
 	if n, err := as.DeleteSpentTokens(ctx, t0.Add(2*time.Minute)); err != nil || n != 2 {
 		t.Fatalf("delete expired: %d %v, want 2", n, err)
 	}
-	if err := as.SpendToken(ctx, "jti-2", "key-c", t0.Add(time.Hour)); !errors.Is(err, store.ErrConsumed) {
+	if _, err := as.SpendToken(ctx, "jti-2", "key-c", t0.Add(time.Hour)); !errors.Is(err, store.ErrConsumed) {
 		t.Fatalf("a live token was forgotten: %v", err)
 	}
 }
