@@ -18,7 +18,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -103,15 +102,7 @@ func (s *suite) startDaemon(t testing.TB, name, logPath string, args ...string) 
 }
 
 // stop ends the process with SIGTERM (SIGKILL after 10 s).
-func (d *daemon) stop() {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(10 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-d.done
-	}
-}
+func (d *daemon) stop() { terminate(d.cmd, d.done, 10*time.Second) }
 
 // find returns the records that satisfy pred.
 func (d *daemon) find(pred func(record) bool) []record {

@@ -306,13 +306,7 @@ func (s *suite) teardown() {
 		s.conn.Close()
 	}
 	if s.ctrd != nil && s.ctrd.Process != nil {
-		_ = s.ctrd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.ctrdDone:
-		case <-time.After(10 * time.Second):
-			_ = s.ctrd.Process.Kill()
-			<-s.ctrdDone
-		}
+		terminate(s.ctrd, s.ctrdDone, 10*time.Second)
 	}
 	if os.Getenv("E2E_KEEP") != "" {
 		fmt.Fprintln(os.Stderr, "e2e: kept", s.dir)

@@ -203,10 +203,16 @@ func (g *gateway) stop() {
 	if cmd == nil {
 		return
 	}
+	terminate(cmd, done, 10*time.Second)
+}
+
+// terminate sends cmd SIGTERM and waits for done (closed once its Wait
+// returned), killing it after grace.
+func terminate(cmd *exec.Cmd, done <-chan struct{}, grace time.Duration) {
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(grace):
 		_ = cmd.Process.Kill()
 		<-done
 	}
@@ -406,15 +412,7 @@ func (s *suite) launchPlugin(t testing.TB, o pluginOpts) *plugin {
 	return p
 }
 
-func (p *plugin) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+func (p *plugin) stop() { terminate(p.cmd, p.done, 5*time.Second) }
 
 // eventsSince returns the events from index from on.
 func (p *plugin) eventsSince(from int) []pluginspec.Event {
