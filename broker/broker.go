@@ -378,8 +378,8 @@ func (s *Server) Run(ctx context.Context) {
 	}
 }
 
-// sweep deletes expired sessions and spent tokens, bounded in time so that a stuck store
-// cannot pile up sweeps.
+// sweep deletes expired sessions and spent tokens, bounded in time so that
+// a stuck store cannot pile up sweeps.
 func (s *Server) sweep(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, s.opts.SweepInterval)
 	defer cancel()

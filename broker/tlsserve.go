@@ -49,7 +49,7 @@ type servingTLS struct {
 	dns        []string
 	ips        []net.IP
 	ttl        time.Duration
-	renewAt    atomic.Int64 // Unix ns: half the issued certificate's remaining life
+	renewAt    time.Time // half the issued certificate's remaining life; run's goroutine only
 	bundleFile string
 	bundlePEM  []byte
 	clientSVID bool
@@ -177,7 +177,7 @@ func (t *servingTLS) reloadFiles() error {
 // life it had when issued. Not counted from NotBefore: the CA backdates
 // that by a minute, which for a short cert_ttl makes every check due.
 func (t *servingTLS) due() bool {
-	return t.cert.Load() == nil || !t.now().Before(time.Unix(0, t.renewAt.Load()))
+	return t.cert.Load() == nil || !t.now().Before(t.renewAt)
 }
 
 // issue makes a new key and has the CA sign a serving certificate for it.
@@ -195,7 +195,7 @@ func (t *servingTLS) issue(ctx context.Context) error {
 		c.Certificate = append(c.Certificate, cert.Raw)
 	}
 	now := t.now()
-	t.renewAt.Store(now.Add(chain[0].NotAfter.Sub(now) / 2).UnixNano())
+	t.renewAt = now.Add(chain[0].NotAfter.Sub(now) / 2)
 	t.cert.Store(c)
 	t.log.Info("serving certificate issued", "spiffe_id", t.id.String(), "dns", t.dns, "not_after", chain[0].NotAfter)
 	return nil

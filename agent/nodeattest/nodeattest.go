@@ -283,8 +283,8 @@ func writeFile(path string, b []byte) error {
 }
 
 // Run renews the SVID at half its remaining lifetime (counted from when it
-// was obtained) until ctx ends. When the SVID
-// expired (the broker was away too long), it attests again if it can.
+// was obtained) until ctx ends. When the SVID expired (the broker was away
+// too long), it attests again if it can.
 func (m *Manager) Run(ctx context.Context) error {
 	delay := m.cfg.RetryMin
 	for {
