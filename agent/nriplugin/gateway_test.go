@@ -423,10 +423,17 @@ func TestAgentKeyIsRefusedBeyondItsRole(t *testing.T) {
 			p := pod("p-"+strings.ReplaceAll(tc.name, " ", "-"), "demo", nil, nil)
 			before := len(e.logs.Records())
 			var rsp *api.CreateContainerResponse
-			eventually(t, "the plugin to be registered", func() error {
+			eventually(t, "the plugin to be registered and synchronized", func() error {
 				rsp, err = e.create(p, ctr(p, p.Id+"-ctr"))
 				if err != nil && strings.Contains(err.Error(), "required plugin") {
 					return err
+				}
+				// The stub's Start returns before the gateway has
+				// synchronized it, and until then the gateway does not
+				// consult it: the creation gets no adjustment at all. A
+				// consulted plugin always adds the role's mount.
+				if err == nil && len(rsp.GetAdjust().GetMounts()) == 0 && len(rsp.GetAdjust().GetEnv()) == 0 {
+					return errors.New("the plugin was not consulted yet")
 				}
 				return nil
 			})
